@@ -1,0 +1,1 @@
+"""IssueLens: customer messages in, sentiment, UX/CX routing and recurring issues out."""

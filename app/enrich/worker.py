@@ -1,0 +1,153 @@
+"""The worker: claims pending tickets, analyses them in batches, and never loses one."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from app.core.db import begin_write
+from app.enrich import queue
+from app.enrich import service as enrich_service
+from app.enrich.queue import WorkSignal
+from app.nlp.analyzer import Analyzer
+from app.routing.table import RoutingTable
+
+log = logging.getLogger("app.worker")
+
+
+class Worker:
+    """Runs batches until stopped; all state lives in the database."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        analyzer: Analyzer,
+        routing: RoutingTable,
+        batch_size: int = 64,
+        poll_interval_s: float = 1.0,
+        max_attempts: int = 3,
+        signal: WorkSignal | None = None,
+    ) -> None:
+        self.engine = engine
+        self.analyzer = analyzer
+        self.routing = routing
+        self.batch_size = batch_size
+        self.poll_interval_s = poll_interval_s
+        self.max_attempts = max_attempts
+        self.signal = signal or WorkSignal()
+        self._stop = threading.Event()
+
+    def run_once(self) -> enrich_service.BatchOutcome:
+        """Claim, analyse and store one batch; returns its counts (claimed 0 when idle)."""
+        if queue.supports_skip_locked(self.engine):
+            return self._run_locked()
+        return self._run_optimistic()
+
+    def _run_locked(self) -> enrich_service.BatchOutcome:
+        # One transaction from claim to write: a crash rolls everything back and the row
+        # locks vanish with the connection, so the tickets are simply still pending.
+        with Session(self.engine, expire_on_commit=False) as session:
+            tickets = queue.claim_locked(session, limit=self.batch_size)
+            if not tickets:
+                session.rollback()
+                return enrich_service.BatchOutcome()
+            claimed = enrich_service.snapshot(tickets)
+            outcome = self._analyse_and_write(session, claimed)
+            session.commit()
+        return outcome
+
+    def _run_optimistic(self) -> enrich_service.BatchOutcome:
+        with Session(self.engine, expire_on_commit=False) as session:
+            claimed = enrich_service.snapshot(queue.peek_pending(session, limit=self.batch_size))
+            session.rollback()  # release the read snapshot before the slow part
+        if not claimed:
+            return enrich_service.BatchOutcome()
+        with Session(self.engine, expire_on_commit=False) as session:
+            outcome = self._analyse_and_write(session, claimed, before_write=begin_write)
+            session.commit()
+        return outcome
+
+    def _analyse_and_write(
+        self,
+        session: Session,
+        claimed: list[enrich_service.Claimed],
+        before_write: object = None,
+    ) -> enrich_service.BatchOutcome:
+        start = time.perf_counter()
+        log.info(
+            "batch claimed",
+            extra={"stage": "enrich", "size": len(claimed), "first_id": claimed[0].id},
+        )
+        results = enrich_service.analyse(self.analyzer, claimed)
+        analysed = time.perf_counter()
+        if callable(before_write):
+            before_write(session)
+        outcome = enrich_service.write_results(
+            session,
+            claimed=claimed,
+            results=results,
+            routing=self.routing,
+            versions=self.analyzer.versions,
+            max_attempts=self.max_attempts,
+        )
+        took = time.perf_counter() - start
+        log.info(
+            "batch done",
+            extra={
+                "stage": "enrich",
+                "size": len(claimed),
+                "done": outcome.done,
+                "failed": outcome.failed,
+                "skipped": outcome.skipped,
+                "analyse_ms": round((analysed - start) * 1000, 1),
+                "total_ms": round(took * 1000, 1),
+            },
+        )
+        return outcome
+
+    def drain(self) -> int:
+        """Process batches until nothing is pending; returns how many tickets were finished."""
+        total = 0
+        while not self._stop.is_set():
+            outcome = self.run_once()
+            if outcome.claimed == 0:
+                break
+            total += outcome.done + outcome.failed
+            if outcome.done + outcome.failed == 0:
+                # Everything claimed was changed underneath us; don't spin on it.
+                time.sleep(0.05)
+        return total
+
+    def run(self) -> None:
+        """Loop until `stop()`: work while there is work, otherwise wait for a signal or poll."""
+        log.info("worker started", extra={"stage": "enrich", "batch_size": self.batch_size})
+        while not self._stop.is_set():
+            try:
+                outcome = self.run_once()
+            except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
+                log.exception(
+                    "worker batch error; retrying after the poll interval",
+                    extra={"stage": "enrich"},
+                )
+                self._stop.wait(self.poll_interval_s)
+                continue
+            if outcome.claimed == 0:
+                self.signal.wait(self.poll_interval_s)
+        log.info("worker stopped", extra={"stage": "enrich"})
+
+    def stop(self) -> None:
+        """Ask the loop to finish its current batch and return."""
+        self._stop.set()
+        self.signal.notify()
+
+
+def start_in_thread(worker: Worker) -> threading.Thread:
+    """Run the worker in a daemon thread of this process (the embedded setup)."""
+    thread = threading.Thread(target=worker.run, name="enrich-worker", daemon=True)
+    thread.start()
+    return thread

@@ -1,0 +1,70 @@
+"""API shapes for ingesting tickets and posts."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
+
+from app.tickets.models import Channel
+
+
+class TicketCreate(BaseModel):
+    """One ticket or social post, as a client sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(min_length=1, max_length=64, description="e.g. zendesk, email, twitter")
+    external_id: str = Field(
+        min_length=1, max_length=255, description="the id in the source system"
+    )
+    channel: Channel | None = Field(default=None, description="defaults from the source")
+    subject: str | None = None
+    body: str
+    author: str | None = Field(
+        default=None, max_length=320, description="stored only as a salted hash"
+    )
+    created_at: datetime | None = Field(
+        default=None, description="when it was written; default now"
+    )
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("external_id", mode="before")
+    @classmethod
+    def _id_as_text(cls, v: Any) -> Any:
+        # Helpdesks commonly number their tickets; an integer id is the same id as its digits.
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _normalise_source(cls, v: str) -> str:
+        return v.strip().lower()
+
+
+TicketBatchAdapter: TypeAdapter[TicketCreate | list[TicketCreate]] = TypeAdapter(
+    TicketCreate | list[TicketCreate]
+)
+
+
+class IngestItemResult(BaseModel):
+    """What happened to one item of a batch."""
+
+    index: int
+    id: int
+    source: str
+    external_id: str
+    result: Literal["created", "updated", "unchanged"]
+    queued: bool = Field(description="true when the text is (re)queued for analysis")
+
+
+class IngestResponse(BaseModel):
+    """The outcome of a batch: one entry per item, in order."""
+
+    data: list[IngestItemResult]
+    count: int
+    created: int
+    updated: int
+    unchanged: int

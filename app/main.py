@@ -1,0 +1,142 @@
+"""The FastAPI application: create_app(), lifespan (load artifacts once), health and errors."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from app.core.body import OPENAPI_SCHEMAS
+from app.core.config import Settings, get_settings
+from app.core.db import make_engine
+from app.core.deps import Services, ServicesDep
+from app.core.errors import error_body, install_error_handlers
+from app.core.logging import configure_logging
+from app.enrich.queue import WorkSignal
+from app.enrich.worker import Worker, start_in_thread
+from app.ingest.router import router as ingest_router
+from app.ingest.sources import SourceRegistry
+from app.nlp.analyzer import Analyzer
+from app.nlp.loader import load_analyzer
+from app.routing.table import RoutingTable
+from app.tickets.router import router as tickets_router
+from app.triage.router import router as triage_router
+
+log = logging.getLogger("app.main")
+
+
+def build_services(settings: Settings, analyzer: Analyzer | None = None) -> Services:
+    """Open the database and load every artifact; fails fast with a clear message."""
+    return Services(
+        settings=settings,
+        engine=make_engine(settings.database_url),
+        analyzer=analyzer or load_analyzer(settings),
+        routing=RoutingTable.load(settings.routing_table),
+        sources=SourceRegistry(settings.extra_sources),
+        signal=WorkSignal(),
+        author_salt=settings.resolved_author_salt(),
+    )
+
+
+def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = None) -> FastAPI:
+    """The service; tests pass their own settings and an already loaded analyzer."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        services = build_services(settings, analyzer)
+        app.state.services = services
+        worker: Worker | None = None
+        thread: threading.Thread | None = None
+        if settings.worker_in_process:
+            worker = Worker(
+                engine=services.engine,
+                analyzer=services.analyzer,
+                routing=services.routing,
+                batch_size=settings.worker_batch_size,
+                poll_interval_s=settings.worker_poll_interval_s,
+                max_attempts=settings.worker_max_attempts,
+                signal=services.signal,
+            )
+            thread = start_in_thread(worker)
+        app.state.worker_thread = thread
+        log.info(
+            "service ready",
+            extra={
+                "stage": "startup",
+                "database": services.engine.dialect.name,
+                "worker_in_process": settings.worker_in_process,
+            },
+        )
+        try:
+            yield
+        finally:
+            if worker is not None and thread is not None:
+                worker.stop()
+                thread.join(timeout=30)
+            services.engine.dispose()
+
+    app = FastAPI(
+        title="IssueLens",
+        version="0.1.0",
+        summary="Sentiment, UX/CX routing and recurring issues from tickets and social posts.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(ingest_router)
+    app.include_router(tickets_router)
+    app.include_router(triage_router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], responses={503: {"description": "Not ready"}})
+    def readyz(services: ServicesDep) -> Any:
+        """Database reachable and artifacts loaded (and the in-process worker alive)."""
+        checks: dict[str, str] = {}
+        try:
+            with services.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # noqa: BLE001 - reported, not raised
+            checks["database"] = f"unreachable: {type(exc).__name__}"
+        checks["analysers"] = "ok" if services.analyzer is not None else "not loaded"
+        thread = getattr(app.state, "worker_thread", None)
+        if services.settings.worker_in_process:
+            checks["worker"] = "ok" if thread is not None and thread.is_alive() else "stopped"
+        if all(v == "ok" for v in checks.values()):
+            return {"status": "ready", "checks": checks}
+        return JSONResponse(
+            {**error_body("not_ready", "The service is not ready."), "checks": checks},
+            status_code=503,
+        )
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, summary=app.summary, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(OPENAPI_SCHEMAS)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    return app
+
+
+def _app_from_settings() -> FastAPI:
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+app = _app_from_settings()

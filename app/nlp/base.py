@@ -1,0 +1,85 @@
+"""The small interfaces every analyser implements, and the results they return."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+Embeddings = npt.NDArray[np.float32]
+
+UXCX_LABELS = ("UX", "CX", "none")
+
+
+class UxCxLabel(StrEnum):
+    """Who fixes the root cause: product (UX), service (CX), or nobody (none)."""
+
+    UX = "UX"
+    CX = "CX"
+    none = "none"
+
+
+SENTIMENT_LABELS = ("negative", "neutral", "positive")
+
+
+@dataclass(frozen=True, slots=True)
+class Sentiment:
+    """Sentiment of one text: a label and a score in [-1, 1]."""
+
+    label: str
+    score: float
+    probabilities: dict[str, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UxCx:
+    """UX / CX / none for one text, with a probability per label."""
+
+    label: str
+    probability: float
+    probabilities: dict[str, float] = field(default_factory=dict)
+    subcategory: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Language:
+    """The detected language of a text and whether the English analysers may judge it."""
+
+    code: str
+    confidence: float
+    supported: bool
+
+
+class Embedder(Protocol):
+    """Turns texts into L2-normalised float32 vectors, one encoder pass per text."""
+
+    name: str
+    dim: int
+
+    def embed(self, texts: Sequence[str]) -> Embeddings:
+        """Embed `texts` into an (n, dim) float32 array."""
+        ...
+
+
+class SentimentScorer(Protocol):
+    """Scores the sentiment of texts; may use the shared embeddings."""
+
+    name: str
+
+    def score(self, texts: Sequence[str], embeddings: Embeddings) -> list[Sentiment]:
+        """One Sentiment per text."""
+        ...
+
+
+class UxCxClassifier(Protocol):
+    """Labels texts UX, CX or none; may use the shared embeddings."""
+
+    name: str
+
+    def classify(self, texts: Sequence[str], embeddings: Embeddings) -> list[UxCx]:
+        """One UxCx per text."""
+        ...

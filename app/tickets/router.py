@@ -1,0 +1,49 @@
+"""HTTP: read tickets and their analysis."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query
+
+from app.core.deps import SessionDep
+from app.nlp.base import UxCxLabel
+from app.tickets import service as ticket_service
+from app.tickets.models import AnalysisStatus, Channel
+from app.tickets.schemas import TicketPublic, TicketsPublic
+
+router = APIRouter(prefix="/v1", tags=["tickets"])
+
+
+@router.get("/tickets/{ticket_id}", response_model=TicketPublic)
+def read_ticket(session: SessionDep, ticket_id: Annotated[int, Path(ge=1)]) -> TicketPublic:
+    """One ticket with its analysis."""
+    return ticket_service.get_ticket(session, ticket_id=ticket_id)
+
+
+@router.get("/tickets", response_model=TicketsPublic)
+def list_tickets(
+    session: SessionDep,
+    source: Annotated[str | None, Query(max_length=64)] = None,
+    channel: Channel | None = None,
+    status: AnalysisStatus | None = None,
+    label: Annotated[UxCxLabel | None, Query(description="UX, CX or none")] = None,
+    received_from: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
+    received_to: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
+    page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> TicketsPublic:
+    """Tickets newest first, filtered and paginated."""
+    data, count = ticket_service.list_tickets(
+        session,
+        source=source,
+        channel=channel.value if channel else None,
+        status=status.value if status else None,
+        label=label.value if label else None,
+        received_from=received_from,
+        received_to=received_to,
+        page=page,
+        limit=limit,
+    )
+    return TicketsPublic(data=list(data), count=count)

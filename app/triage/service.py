@@ -1,0 +1,62 @@
+"""Analyse one text synchronously, with the same analysers the worker uses."""
+
+from __future__ import annotations
+
+from app.core.config import Settings
+from app.core.errors import InvalidInput, PayloadTooLarge
+from app.nlp.analyzer import Analyzer, compose_text
+from app.routing.table import RoutingTable
+from app.tickets.schemas import LanguagePublic, SentimentPublic, UxCxPublic
+from app.triage.schemas import TriagePublic, TriageRequest
+
+
+def check(request: TriageRequest, *, settings: Settings) -> str:
+    """The text to analyse, or a 4xx that says what is wrong."""
+    text = request.text.strip()
+    if not text:
+        raise InvalidInput("text is empty; send the message to triage.", code="empty_text")
+    if len(text) > settings.max_body_chars:
+        raise PayloadTooLarge(
+            f"text has {len(text)} characters; the limit is {settings.max_body_chars}.",
+            code="text_too_large",
+        )
+    subject = (request.subject or "").strip()
+    if len(subject) > settings.max_subject_chars:
+        raise PayloadTooLarge(
+            f"subject has {len(subject)} characters; the limit is {settings.max_subject_chars}.",
+            code="text_too_large",
+        )
+    return compose_text(subject or None, text)
+
+
+def triage(text: str, *, analyzer: Analyzer, routing: RoutingTable) -> TriagePublic:
+    """Analyse `text` and route it."""
+    result = analyzer.analyze([text])[0]
+    s, u, lang = result.sentiment, result.uxcx, result.language
+    note = None
+    if not lang.supported:
+        note = (
+            f"Language {lang.code!r} is not English: sentiment and UX/CX were not judged; "
+            "routed to the default team."
+        )
+    return TriagePublic(
+        sentiment=SentimentPublic(
+            label=s.label, score=round(s.score, 4), probabilities=s.probabilities
+        )
+        if s
+        else None,
+        uxcx=UxCxPublic(
+            label=u.label,
+            probability=u.probability,
+            probabilities=u.probabilities,
+            subcategory=u.subcategory,
+        )
+        if u
+        else None,
+        team=routing.team_for(u.label if u else None, u.subcategory if u else None),
+        language=LanguagePublic(
+            code=lang.code, confidence=lang.confidence, supported=lang.supported
+        ),
+        analysers=analyzer.versions,
+        note=note,
+    )

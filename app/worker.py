@@ -1,0 +1,54 @@
+"""`python -m app.worker`: a standalone worker process against the configured database.
+
+Run as many as the cores allow against one PostgreSQL; they share the queue through
+FOR UPDATE SKIP LOCKED. SIGTERM/SIGINT finish the current batch, then exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+
+from app.core.config import get_settings
+from app.core.db import make_engine
+from app.core.logging import configure_logging
+from app.enrich.worker import Worker
+from app.nlp.loader import load_analyzer
+from app.routing.table import RoutingTable
+
+log = logging.getLogger("app.worker")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments and run the worker loop (or drain once with --once)."""
+    parser = argparse.ArgumentParser(prog="python -m app.worker", description=__doc__)
+    parser.add_argument("--once", action="store_true", help="process what is pending, then exit")
+    parser.add_argument("--batch-size", type=int, default=None, help="tickets per batch")
+    args = parser.parse_args(argv)
+
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    engine = make_engine(settings.database_url)
+    worker = Worker(
+        engine=engine,
+        analyzer=load_analyzer(settings),
+        routing=RoutingTable.load(settings.routing_table),
+        batch_size=args.batch_size or settings.worker_batch_size,
+        poll_interval_s=settings.worker_poll_interval_s,
+        max_attempts=settings.worker_max_attempts,
+    )
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop())
+    try:
+        if args.once:
+            n = worker.drain()
+            log.info("drained", extra={"stage": "enrich", "tickets": n})
+        else:
+            worker.run()
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
