@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 # The CPU build of torch; an unpinned torch pulls gigabytes of CUDA packages.
 TORCH := torch==2.13.0
+# Extra pip arguments for torch only (the Dockerfile points them at the CPU wheel index).
+TORCH_PIP_ARGS ?=
 
 .PHONY: install install-test migrate run worker test lint bench clean
 
@@ -13,7 +15,7 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet $(TORCH) $(TORCH_PIP_ARGS)
 	$(PIP) install --quiet -e .
 	touch $@
 
@@ -23,7 +25,7 @@ $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 
 ## install: create or update .venv with the service's dependencies
 install: | $(PY)
-	$(PIP) install --quiet $(TORCH)
+	$(PIP) install --quiet $(TORCH) $(TORCH_PIP_ARGS)
 	$(PIP) install --quiet -e .
 	touch $(VENV)/.installed
 

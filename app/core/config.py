@@ -51,7 +51,7 @@ class Settings(BaseSettings):
 
     # The work queue.
     worker_in_process: bool = True
-    worker_batch_size: int = Field(default=64, ge=1, le=2_000)
+    worker_batch_size: int = Field(default=256, ge=1, le=2_000)
     worker_poll_interval_s: float = Field(default=1.0, gt=0)
     worker_max_attempts: int = Field(default=3, ge=1)
 

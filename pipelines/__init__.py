@@ -1,0 +1,1 @@
+"""Batch jobs, run as their own processes: `python -m pipelines <job> ...`."""
