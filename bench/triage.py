@@ -138,7 +138,7 @@ def main() -> None:
     from app.nlp.loader import load_analyzer
     from app.routing.table import RoutingTable
 
-    settings = Settings(_env_file=None, database_url=db_url, data_dir=tmp)  # type: ignore[call-arg]
+    settings = Settings(_env_file=None, database_url=db_url, data_dir=tmp)
     engine = make_engine(db_url)
     worker = Worker(
         engine=engine,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Engine, update
+from sqlalchemy import ColumnElement, Engine, update
 from sqlmodel import Session, col
 
 from app.core.db import begin_write
@@ -19,7 +19,7 @@ def requeue(
     received_from: datetime | None = None,
 ) -> int:
     """Mark matching tickets pending with fresh attempts; returns how many were re-queued."""
-    conditions = [col(Ticket.status).in_(statuses)]
+    conditions: list[ColumnElement[bool]] = [col(Ticket.status).in_(statuses)]
     if source:
         conditions.append(col(Ticket.source) == source)
     if received_from:
