@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
@@ -42,6 +42,14 @@ class TicketCreate(BaseModel):
     @classmethod
     def _normalise_source(cls, v: str) -> str:
         return v.strip().lower()
+
+    @field_validator("created_at")
+    @classmethod
+    def _as_utc(cls, v: datetime | None) -> datetime | None:
+        # A time without a zone is taken as UTC, so a repeat compares equal to what was stored.
+        if v is None:
+            return None
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
 
 
 TicketBatchAdapter: TypeAdapter[TicketCreate | list[TicketCreate]] = TypeAdapter(

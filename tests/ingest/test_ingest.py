@@ -80,6 +80,20 @@ def test_repeat_delivery_stores_nothing_new(client: TestClient, engine: Engine) 
     assert count_rows(engine, "raw_delivery") == deliveries
 
 
+def test_repeat_with_zoneless_created_at_is_unchanged(client: TestClient, engine: Engine) -> None:
+    item = {
+        "source": "email",
+        "external_id": "tz",
+        "body": "Refund?",
+        "created_at": "2026-11-01T10:00:00",
+    }
+    post(client, item)
+    again = post(client, {**item, "created_at": "2026-11-01T11:00:00+01:00"}).json()["data"][0]
+    assert again["result"] == "unchanged"
+    with Session(engine) as s:
+        assert s.exec(select(Ticket)).one().created_at.isoformat() == "2026-11-01T10:00:00+00:00"
+
+
 def test_integer_external_id_is_the_same_id_as_its_digits(client: TestClient) -> None:
     a = post(client, {"source": "zendesk", "external_id": 7, "body": "Login fails"}).json()
     b = post(client, {"source": "zendesk", "external_id": "7", "body": "Login fails"}).json()
