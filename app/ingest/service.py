@@ -17,6 +17,7 @@ from app.core.body import RawBody
 from app.core.config import Settings
 from app.core.db import begin_write, utcnow
 from app.core.errors import InvalidInput, PayloadTooLarge
+from app.core.limits import optional_text, required_text
 from app.ingest.models import RawDelivery
 from app.ingest.schemas import IngestItemResult, TicketCreate
 from app.ingest.sources import SourceRegistry
@@ -69,22 +70,10 @@ def prepare(
                 " (or add it to EXTRA_SOURCES).",
                 code="unknown_source",
             )
-        body = item.body.strip()
-        if not body:
-            raise InvalidInput(f"{where}: body is empty; send the message text.", code="empty_text")
-        if len(body) > settings.max_body_chars:
-            raise PayloadTooLarge(
-                f"{where}: body has {len(body)} characters; "
-                f"the limit is {settings.max_body_chars}.",
-                code="text_too_large",
-            )
-        subject = (item.subject or "").strip() or None
-        if subject and len(subject) > settings.max_subject_chars:
-            raise PayloadTooLarge(
-                f"{where}: subject has {len(subject)} characters; the limit is "
-                f"{settings.max_subject_chars}.",
-                code="text_too_large",
-            )
+        body = required_text(item.body, what=f"{where}: body", limit=settings.max_body_chars)
+        subject = optional_text(
+            item.subject, what=f"{where}: subject", limit=settings.max_subject_chars
+        )
         if item.metadata is not None:
             size = len(json.dumps(item.metadata, default=str))
             if size > settings.max_metadata_bytes:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.core.config import Settings
-from app.core.errors import InvalidInput, PayloadTooLarge
+from app.core.limits import optional_text, required_text
 from app.nlp.analyzer import Analyzer, compose_text
 from app.routing.table import RoutingTable
 from app.tickets.schemas import LanguagePublic, SentimentPublic, UxCxPublic
@@ -12,21 +12,9 @@ from app.triage.schemas import TriagePublic, TriageRequest
 
 def check(request: TriageRequest, *, settings: Settings) -> str:
     """The text to analyse, or a 4xx that says what is wrong."""
-    text = request.text.strip()
-    if not text:
-        raise InvalidInput("text is empty; send the message to triage.", code="empty_text")
-    if len(text) > settings.max_body_chars:
-        raise PayloadTooLarge(
-            f"text has {len(text)} characters; the limit is {settings.max_body_chars}.",
-            code="text_too_large",
-        )
-    subject = (request.subject or "").strip()
-    if len(subject) > settings.max_subject_chars:
-        raise PayloadTooLarge(
-            f"subject has {len(subject)} characters; the limit is {settings.max_subject_chars}.",
-            code="text_too_large",
-        )
-    return compose_text(subject or None, text)
+    text = required_text(request.text, what="text", limit=settings.max_body_chars)
+    subject = optional_text(request.subject, what="subject", limit=settings.max_subject_chars)
+    return compose_text(subject, text)
 
 
 def triage(text: str, *, analyzer: Analyzer, routing: RoutingTable) -> TriagePublic:
