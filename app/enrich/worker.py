@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -76,7 +77,7 @@ class Worker:
         self,
         session: Session,
         claimed: list[enrich_service.Claimed],
-        before_write: object = None,
+        before_write: Callable[[Session], None] | None = None,
     ) -> enrich_service.BatchOutcome:
         start = time.perf_counter()
         log.info(
@@ -85,7 +86,7 @@ class Worker:
         )
         results = enrich_service.analyse(self.analyzer, claimed)
         analysed = time.perf_counter()
-        if callable(before_write):
+        if before_write is not None:
             before_write(session)
         outcome = enrich_service.write_results(
             session,
