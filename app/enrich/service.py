@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 
 import numpy as np
@@ -149,6 +149,9 @@ def _analysis_row(
         sentiment_label=sentiment.label if sentiment else None,
         sentiment_score=round(sentiment.score, 4) if sentiment else None,
         sentiment_probabilities=sentiment.probabilities if sentiment else None,
+        sentiment_most_negative=(
+            asdict(sentiment.most_negative) if sentiment and sentiment.most_negative else None
+        ),
         uxcx_label=uxcx.label if uxcx else None,
         uxcx_probability=uxcx.probability if uxcx else None,
         uxcx_probabilities=uxcx.probabilities if uxcx else None,

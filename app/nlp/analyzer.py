@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.nlp.base import Embedder, Language, Sentiment, SentimentScorer, UxCx, UxCxClassifier
+from app.nlp.base import Language, Sentiment, SentimentScorer, UxCx, UxCxClassifier
+from app.nlp.embedder import TransformerEmbedder
 from app.nlp.language import LanguageDetector
 
 
@@ -36,7 +37,7 @@ class Analyzer:
     def __init__(
         self,
         *,
-        embedder: Embedder,
+        embedder: TransformerEmbedder,
         sentiment: SentimentScorer,
         uxcx: UxCxClassifier,
         language: LanguageDetector,
@@ -60,15 +61,18 @@ class Analyzer:
         if not texts:
             return []
         languages = [self.language.detect(t) for t in texts]
-        embeddings = self.embedder.embed(texts)
+        encoding = self.embedder.encode(texts, tap_layer=self.sentiment.tap_layer)
+        embeddings = encoding.embeddings
         keep = [i for i, lang in enumerate(languages) if lang.supported]
         sentiments: dict[int, Sentiment] = {}
         labels: dict[int, UxCx] = {}
         if keep:
+            # The branch scorer reads the whole batch's hidden states; scoring a few texts
+            # that are then dropped costs less than a second, filtered pass.
+            scored = self.sentiment.score(texts, encoding)
+            sentiments = {i: scored[i] for i in keep}
             sub_texts = [texts[i] for i in keep]
-            sub_emb = embeddings[keep]
-            sentiments = dict(zip(keep, self.sentiment.score(sub_texts, sub_emb), strict=True))
-            labels = dict(zip(keep, self.uxcx.classify(sub_texts, sub_emb), strict=True))
+            labels = dict(zip(keep, self.uxcx.classify(sub_texts, embeddings[keep]), strict=True))
         return [
             Analysis(
                 language=languages[i],

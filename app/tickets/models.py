@@ -82,6 +82,9 @@ class TicketAnalysis(SQLModel, table=True):
     sentiment_label: str | None = Field(default=None, max_length=16)
     sentiment_score: float | None = None
     sentiment_probabilities: dict[str, float] | None = Field(default=None, sa_type=JSONType)
+    # {"start", "end", "label", "score"} of the most negative sentence (offsets into the
+    # analysed text: subject and body), for texts of several sentences.
+    sentiment_most_negative: dict[str, Any] | None = Field(default=None, sa_type=JSONType)
     uxcx_label: str | None = Field(default=None, max_length=8, index=True)
     uxcx_probability: float | None = None
     uxcx_probabilities: dict[str, float] | None = Field(default=None, sa_type=JSONType)

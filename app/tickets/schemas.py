@@ -8,12 +8,52 @@ from typing import Any
 from pydantic import BaseModel
 
 
+class SentencePublic(BaseModel):
+    """One sentence of the analysed text (subject and body) with its own sentiment."""
+
+    text: str
+    start: int
+    end: int
+    label: str
+    score: float
+
+
 class SentimentPublic(BaseModel):
-    """Sentiment label and score in [-1, 1]."""
+    """Sentiment label and score in [-1, 1] (P(positive) - P(negative)).
+
+    For a text of several sentences, `most_negative_sentence` is the lowest-scoring one; when it
+    is negative the whole message is labelled negative.
+    """
 
     label: str
     score: float
     probabilities: dict[str, float] | None = None
+    most_negative_sentence: SentencePublic | None = None
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        label: str,
+        score: float,
+        probabilities: dict[str, float] | None,
+        most_negative: dict[str, Any] | None,
+        text: str,
+    ) -> SentimentPublic:
+        """The public shape, cutting the most negative sentence out of the analysed text."""
+        sentence = None
+        if most_negative:
+            start, end = int(most_negative["start"]), int(most_negative["end"])
+            sentence = SentencePublic(
+                text=text[start:end],
+                start=start,
+                end=end,
+                label=most_negative["label"],
+                score=most_negative["score"],
+            )
+        return cls(
+            label=label, score=score, probabilities=probabilities, most_negative_sentence=sentence
+        )
 
 
 class UxCxPublic(BaseModel):

@@ -9,6 +9,7 @@ from sqlalchemy import func
 from sqlmodel import Session, col, select
 
 from app.core.errors import NotFound
+from app.nlp.analyzer import compose_text
 from app.tickets.models import Ticket, TicketAnalysis
 from app.tickets.schemas import (
     AnalysisPublic,
@@ -32,10 +33,12 @@ def to_public(ticket: Ticket, analysis: TicketAnalysis | None) -> TicketPublic:
     if analysis is not None and analysis.revision == ticket.revision:
         sentiment = uxcx = None
         if analysis.sentiment_label is not None:
-            sentiment = SentimentPublic(
+            sentiment = SentimentPublic.build(
                 label=analysis.sentiment_label,
                 score=analysis.sentiment_score or 0.0,
                 probabilities=analysis.sentiment_probabilities,
+                most_negative=analysis.sentiment_most_negative,
+                text=compose_text(ticket.subject, ticket.body),
             )
         if analysis.uxcx_label is not None:
             uxcx = UxCxPublic(

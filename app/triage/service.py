@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from app.core.config import Settings
 from app.core.limits import optional_text, required_text
 from app.nlp.analyzer import Analyzer, compose_text
@@ -28,8 +30,12 @@ def triage(text: str, *, analyzer: Analyzer, routing: RoutingTable) -> TriagePub
             "routed to the default team."
         )
     return TriagePublic(
-        sentiment=SentimentPublic(
-            label=s.label, score=round(s.score, 4), probabilities=s.probabilities
+        sentiment=SentimentPublic.build(
+            label=s.label,
+            score=round(s.score, 4),
+            probabilities=s.probabilities,
+            most_negative=asdict(s.most_negative) if s.most_negative else None,
+            text=text,
         )
         if s
         else None,

@@ -91,3 +91,50 @@ def test_triage_malformed_body(client: TestClient) -> None:
         "/v1/triage", content=b'{"text": ', headers={"content-type": "application/json"}
     )
     assert r.status_code == 400 and r.json()["code"] == "invalid_json"
+
+
+@pytest.mark.parametrize(
+    ("text", "label"),
+    [
+        ("Thank you so much, your team was fantastic and it all works now!", "positive"),
+        ("Loving the new update, everything feels faster 😍", "positive"),
+        ("This is a disgrace, worst airline I have ever flown with", "negative"),
+        ("Your app deleted all my photos and support won't help. Furious.", "negative"),
+        ("Can you tell me which plan includes international calls?", "neutral"),
+        ("I placed order 5521 on Tuesday and chose standard delivery.", "neutral"),
+    ],
+)
+def test_triage_sentiment_labels(client: TestClient, text: str, label: str) -> None:
+    body = client.post("/v1/triage", json={"text": text}).json()
+    s = body["sentiment"]
+    assert s["label"] == label
+    assert -1 <= s["score"] <= 1
+    assert (
+        abs(s["score"] - (s["probabilities"]["positive"] - s["probabilities"]["negative"])) < 1e-3
+    )
+    assert body["analysers"]["sentiment"].startswith("branch:")
+
+
+def test_triage_mixed_ticket_is_negative(client: TestClient) -> None:
+    text = (
+        "Hi, thanks a lot for the quick reply yesterday, really appreciated! "
+        "Unfortunately the app still crashes every time I log in."
+    )
+    s = client.post("/v1/triage", json={"text": text}).json()["sentiment"]
+    assert s["label"] == "negative"
+    worst = s["most_negative_sentence"]
+    assert worst["text"] == "Unfortunately the app still crashes every time I log in."
+    assert text[worst["start"] : worst["end"]] == worst["text"]
+    assert worst["label"] == "negative" and worst["score"] <= s["score"] < 0
+
+
+def test_triage_sentence_offsets_include_the_subject(client: TestClient) -> None:
+    body = client.post(
+        "/v1/triage",
+        json={"subject": "Great agent", "text": "Sam was great. Sadly my refund never arrived."},
+    ).json()
+    worst = body["sentiment"]["most_negative_sentence"]
+    analysed = "Great agent\nSam was great. Sadly my refund never arrived."
+    assert (
+        analysed[worst["start"] : worst["end"]] == worst["text"] == "Sadly my refund never arrived."
+    )
