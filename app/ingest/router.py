@@ -9,7 +9,7 @@ from starlette.concurrency import run_in_threadpool
 from app.core.body import json_body_openapi, parse_json, read_body, validate
 from app.core.deps import ServicesDep
 from app.ingest import service as ingest_service
-from app.ingest.schemas import IngestResponse, TicketBatchAdapter, TicketCreate
+from app.ingest.schemas import IngestItemResult, IngestResponse, TicketBatchAdapter, TicketCreate
 
 router = APIRouter(prefix="/v1", tags=["ingest"])
 
@@ -42,7 +42,7 @@ async def create_tickets(
         items, settings=settings, sources=services.sources, salt=services.author_salt
     )
 
-    def _store() -> list:
+    def _store() -> list[IngestItemResult]:
         with Session(services.engine, expire_on_commit=False) as session:
             return ingest_service.store(session, prepared=prepared, raw=raw, kind="api")
 
