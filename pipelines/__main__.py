@@ -30,7 +30,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ts = jobs.add_parser("train-sentiment", help="train the sentiment model (models/sentiment)")
     ts.add_argument("--data", required=True, help="folder with train.csv and val.csv (text,label)")
-    ts.add_argument("--out", default=None, help="artifact folder (default: models/sentiment/v1)")
+    ts.add_argument(
+        "--out",
+        default=None,
+        help="artifact folder (default: SENTIMENT_ARTIFACT, models/sentiment/v1)",
+    )
     ts.add_argument("--tap-layer", type=int, default=3, help="encoder layers kept frozen")
     ts.add_argument("--epochs", type=int, default=3)
     ts.add_argument("--lr", type=float, default=1e-4)
@@ -44,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.job == "train-sentiment":
         from pipelines import train_sentiment
 
-        args.out = args.out or str(train_sentiment.DEFAULT_OUT)
+        args.out = args.out or str(settings.sentiment_artifact)
         return train_sentiment.main(args)
     engine = make_engine(settings.database_url)
     try:

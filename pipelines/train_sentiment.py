@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from app.core.config import DEFAULT_SENTIMENT_ARTIFACT
 from app.nlp.base import SENTIMENT_LABELS
 from app.nlp.embedder import TransformerEmbedder
 from app.nlp.sentiment import BranchSentiment, build_branch, encoder_fingerprint
@@ -387,6 +386,3 @@ def main(args: Any) -> int:
         f"macro-F1 {served['macro_f1']:.4f}  -> {args.out}"
     )
     return 0
-
-
-DEFAULT_OUT = DEFAULT_SENTIMENT_ARTIFACT
