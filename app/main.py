@@ -26,6 +26,7 @@ from app.ingest.sources import SourceRegistry
 from app.nlp.analyzer import Analyzer
 from app.nlp.loader import load_analyzer
 from app.routing.table import RoutingTable
+from app.labels.router import router as labels_router
 from app.tickets.router import router as tickets_router
 from app.triage.router import router as triage_router
 
@@ -92,6 +93,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     install_error_handlers(app)
     app.include_router(ingest_router)
     app.include_router(tickets_router)
+    app.include_router(labels_router)
     app.include_router(triage_router)
 
     @app.get("/healthz", tags=["health"])

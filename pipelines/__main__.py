@@ -41,6 +41,25 @@ def main(argv: list[str] | None = None) -> int:
     ts.add_argument("--batch-size", type=int, default=32)
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--max-train", type=int, default=0, help="use only the first N (0: all)")
+    tu = jobs.add_parser("train-uxcx", help="train the UX/CX labeller (models/uxcx)")
+    tu.add_argument("--fixtures", default="fixtures/uxcx", help="folder of labelled *.jsonl")
+    tu.add_argument(
+        "--tweet-labels",
+        default="fixtures/uxcx/support_tweets_labels.csv",
+        help="tweet_id,label,subcategory for tweets of --tweets",
+    )
+    tu.add_argument(
+        "--tweets",
+        default="../shared/datasets/support_tweets/inbound.csv",
+        help="support_tweets inbound.csv (skipped when absent)",
+    )
+    tu.add_argument("--out", default=None, help="artifact folder (default: UXCX_ARTIFACT)")
+    tu.add_argument("--version", default=None, help="version name (default: the folder name)")
+    tu.add_argument(
+        "--database-url", default=None, help="read human corrections here (default: settings)"
+    )
+    tu.add_argument("--no-overrides", action="store_true", help="ignore human corrections")
+    tu.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -50,6 +69,13 @@ def main(argv: list[str] | None = None) -> int:
 
         args.out = args.out or str(settings.sentiment_artifact)
         return train_sentiment.main(args)
+    if args.job == "train-uxcx":
+        from pipelines import train_uxcx
+
+        args.out = args.out or str(settings.uxcx_artifact)
+        args.database_url = args.database_url or settings.database_url
+        train_uxcx.main(args)
+        return 0
     engine = make_engine(settings.database_url)
     try:
         if args.job == "requeue":

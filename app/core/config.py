@@ -14,6 +14,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PROJECT_DIR = PACKAGE_DIR.parent
 DEFAULT_ROUTING_TABLE = PACKAGE_DIR / "routing" / "default.toml"
 DEFAULT_SENTIMENT_ARTIFACT = PROJECT_DIR / "models" / "sentiment" / "v1"
+DEFAULT_UXCX_ARTIFACT = PROJECT_DIR / "models" / "uxcx" / "v1"
 
 
 class Settings(BaseSettings):
@@ -47,7 +48,9 @@ class Settings(BaseSettings):
     # branch (the project's model), vader, or hf:/path/to/a/local/transformers/classifier
     sentiment_backend: str = "branch"
     sentiment_artifact: Path = DEFAULT_SENTIMENT_ARTIFACT
-    uxcx_backend: str = "prototypes"
+    # linear (the project's trained labeller at UXCX_ARTIFACT) or prototypes (zero-shot)
+    uxcx_backend: str = "linear"
+    uxcx_artifact: Path = DEFAULT_UXCX_ARTIFACT
     routing_table: Path = DEFAULT_ROUTING_TABLE
     torch_threads: int = Field(default=0, ge=0)  # 0: one per core
     # Non-English texts below this detector confidence are treated as English.

@@ -6,6 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import app.ingest.models  # noqa: F401  (registers tables on SQLModel.metadata)
+import app.labels.models  # noqa: F401
 import app.tickets.models  # noqa: F401
 from app.core.config import get_settings
 from app.core.db import make_engine

@@ -61,7 +61,12 @@ class Analyzer:
         if not texts:
             return []
         languages = [self.language.detect(t) for t in texts]
-        encoding = self.embedder.encode(texts, tap_layer=self.sentiment.tap_layer)
+        encoding = self.embedder.encode(
+            texts,
+            tap_layer=self.sentiment.tap_layer,
+            pool_layers=self.uxcx.pool_layers,
+            keep_tokens=self.uxcx.needs_tokens,
+        )
         embeddings = encoding.embeddings
         keep = [i for i, lang in enumerate(languages) if lang.supported]
         sentiments: dict[int, Sentiment] = {}
@@ -71,8 +76,7 @@ class Analyzer:
             # that are then dropped costs less than a second, filtered pass.
             scored = self.sentiment.score(texts, encoding)
             sentiments = {i: scored[i] for i in keep}
-            sub_texts = [texts[i] for i in keep]
-            labels = dict(zip(keep, self.uxcx.classify(sub_texts, embeddings[keep]), strict=True))
+            labels = dict(zip(keep, self.uxcx.classify(texts, encoding, keep), strict=True))
         return [
             Analysis(
                 language=languages[i],

@@ -14,6 +14,29 @@ Embeddings = npt.NDArray[np.float32]
 
 UXCX_LABELS = ("UX", "CX", "none")
 
+# The sub-categories each label has; the training data and the routing table use these keys.
+SUBCATEGORIES: dict[str, tuple[str, ...]] = {
+    "UX": (
+        "bug",
+        "outage",
+        "performance",
+        "usability",
+        "account_access",
+        "compatibility",
+        "feature_request",
+    ),
+    "CX": (
+        "support_responsiveness",
+        "support_quality",
+        "delivery",
+        "billing",
+        "cancellation",
+        "staff",
+        "travel_disruption",
+    ),
+    "none": ("praise", "thanks", "question", "chit_chat"),
+}
+
 
 class UxCxLabel(StrEnum):
     """Who fixes the root cause: product (UX), service (CX), or nobody (none)."""
@@ -47,13 +70,28 @@ class Sentiment:
 
 
 @dataclass(frozen=True, slots=True)
+class Evidence:
+    """A word or phrase of the text that drove a decision, by character span.
+
+    `weight` is its share of what pushed the decision towards the chosen label (0..1).
+    """
+
+    text: str
+    start: int
+    end: int
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
 class UxCx:
-    """UX / CX / none for one text, with a probability per label."""
+    """UX / CX / none for one text, with a probability per label and per sub-category."""
 
     label: str
     probability: float
     probabilities: dict[str, float] = field(default_factory=dict)
     subcategory: str | None = None
+    subcategory_probability: float | None = None
+    evidence: tuple[Evidence, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,10 +127,16 @@ class SentimentScorer(Protocol):
 
 
 class UxCxClassifier(Protocol):
-    """Labels texts UX, CX or none; may use the shared embeddings."""
+    """Labels texts UX, CX or none from the shared encoder pass (`Encoding`)."""
 
     name: str
+    # Intermediate encoder layers it reads, mean-pooled like the embedding (`Encoding.pooled`).
+    pool_layers: tuple[int, ...]
+    # Whether `classify` reads the token states of those layers (to explain its decisions).
+    needs_tokens: bool
 
-    def classify(self, texts: Sequence[str], embeddings: Embeddings) -> list[UxCx]:
-        """One UxCx per text."""
+    def classify(
+        self, texts: Sequence[str], encoding: Any, select: Sequence[int] | None = None
+    ) -> list[UxCx]:
+        """One UxCx per text of `encoding` (or per index in `select`), in that order."""
         ...

@@ -57,6 +57,12 @@ class Encoding:
     units: list[Unit]
     tap_layer: int | None = None
     taps: list[TapBatch] = field(default_factory=list)
+    # Unit-length mean-pooled states per layer (the final layer's are `embeddings`), and per
+    # text the factor that turns a layer's sum of token states into that vector.
+    pooled: dict[int, Embeddings] = field(default_factory=dict)
+    pool_scale: dict[int, Any] = field(default_factory=dict)
+    # The token states those vectors were pooled from, per layer, when asked for.
+    tokens: dict[int, list[TapBatch]] = field(default_factory=dict)
 
 
 class TransformerEmbedder:
@@ -121,8 +127,21 @@ class TransformerEmbedder:
             units.extend(Unit(i, s, e) for s, e in token_chunks(text, offsets, room))
         return units
 
-    def encode(self, texts: Sequence[str], *, tap_layer: int | None = None) -> Encoding:
-        """One pass over `texts`: embeddings, and the hidden states at `tap_layer` if given."""
+    def encode(
+        self,
+        texts: Sequence[str],
+        *,
+        tap_layer: int | None = None,
+        pool_layers: Sequence[int] = (),
+        keep_tokens: bool = False,
+    ) -> Encoding:
+        """One pass over `texts`.
+
+        Always: the sentence embeddings (final layer, mean-pooled, unit length). `tap_layer`:
+        the hidden states of that layer, for the sentiment branch. `pool_layers`: the same
+        pooling of intermediate layers too (`Encoding.pooled`). `keep_tokens`: the token states
+        of the final and pooled layers, so an analyser can split its decision over the tokens.
+        """
         n = len(texts)
         out = np.zeros((n, self.dim), dtype=np.float32)
         units = self.split(texts) if n else []
@@ -130,9 +149,12 @@ class TransformerEmbedder:
         if not units:
             return encoding
         torch = self._torch
-        sums = torch.zeros((n, self.dim), dtype=torch.float32)
+        last = int(self.encoder.config.num_hidden_layers)
+        layers = [last, *(layer for layer in pool_layers if layer != last)]
+        sums = {layer: torch.zeros((n, self.dim), dtype=torch.float32) for layer in layers}
         token_counts = torch.zeros(n, dtype=torch.float32)
         unit_texts = [texts[u.text_index][u.start : u.end] for u in units]
+        want_states = tap_layer is not None or len(layers) > 1
         # Sorting by length keeps padding, and so wasted compute, small within a batch.
         order = sorted(range(len(units)), key=lambda k: len(unit_texts[k]))
         with torch.inference_mode():
@@ -147,26 +169,49 @@ class TransformerEmbedder:
                     return_offsets_mapping=True,
                 )
                 offsets = batch.pop("offset_mapping")
-                result = self.encoder(**batch, output_hidden_states=tap_layer is not None)
-                hidden = result.last_hidden_state
+                result = self.encoder(**batch, output_hidden_states=want_states)
                 attention = batch["attention_mask"]
-                token_sums = (hidden * attention.unsqueeze(-1).to(hidden.dtype)).sum(1)
+                weights = attention.unsqueeze(-1).to(torch.float32)
                 owners = torch.tensor([units[k].text_index for k in idx])
+                states = {
+                    layer: result.last_hidden_state if layer == last else result.hidden_states[layer]
+                    for layer in layers
+                }
                 # Mean pooling over every token of every chunk of a text: for a text that fits
                 # in one chunk this is exactly sentence-transformers' mean pooling.
-                sums.index_add_(0, owners, token_sums)
+                for layer, hidden in states.items():
+                    sums[layer].index_add_(0, owners, (hidden * weights).sum(1))
                 token_counts.index_add_(0, owners, attention.sum(1).to(torch.float32))
-                if tap_layer is not None:
+                if tap_layer is not None or keep_tokens:
                     shift = torch.tensor([units[k].start for k in idx]).view(-1, 1, 1)
                     special = offsets.sum(-1, keepdim=True) == 0
-                    encoding.taps.append(
-                        TapBatch(
-                            units=list(idx),
-                            hidden=result.hidden_states[tap_layer],
-                            mask=attention,
-                            offsets=torch.where(special, offsets, offsets + shift),
+                    text_offsets = torch.where(special, offsets, offsets + shift)
+                    if tap_layer is not None:
+                        encoding.taps.append(
+                            TapBatch(
+                                units=list(idx),
+                                hidden=result.hidden_states[tap_layer],
+                                mask=attention,
+                                offsets=text_offsets,
+                            )
                         )
-                    )
-        pooled = sums / token_counts.clamp(min=1).unsqueeze(1)
-        out[:] = torch.nn.functional.normalize(pooled, p=2, dim=1).numpy()
+                    if keep_tokens:
+                        for layer, hidden in states.items():
+                            encoding.tokens.setdefault(layer, []).append(
+                                TapBatch(
+                                    units=list(idx),
+                                    hidden=hidden,
+                                    mask=attention,
+                                    offsets=text_offsets,
+                                )
+                            )
+        counts = token_counts.clamp(min=1).unsqueeze(1)
+        for layer in layers:
+            mean = sums[layer] / counts
+            norm = mean.norm(dim=1).clamp(min=1e-12)
+            encoding.pooled[layer] = (mean / norm.unsqueeze(1)).numpy()
+            # What turns a sum of token states into the unit-length vector, per text: analysers
+            # that explain a decision token by token need it (vector = token_sum * scale).
+            encoding.pool_scale[layer] = (1.0 / (counts.squeeze(1) * norm)).numpy()
+        out[:] = encoding.pooled[last]
         return encoding

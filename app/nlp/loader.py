@@ -9,7 +9,7 @@ from app.core.config import Settings
 from app.nlp.analyzer import Analyzer
 from app.nlp.embedder import TransformerEmbedder
 from app.nlp.language import LanguageDetector
-from app.nlp.sentiment import load_sentiment_scorer
+from app.nlp.sentiment import encoder_fingerprint, load_sentiment_scorer
 from app.nlp.uxcx import load_uxcx_classifier
 
 log = logging.getLogger("app.nlp")
@@ -28,7 +28,12 @@ def load_analyzer(settings: Settings) -> Analyzer:
         sentiment=load_sentiment_scorer(
             settings.sentiment_backend, embedder=embedder, artifact_dir=settings.sentiment_artifact
         ),
-        uxcx=load_uxcx_classifier(settings.uxcx_backend, embedder),
+        uxcx=load_uxcx_classifier(
+            settings.uxcx_backend,
+            embedder,
+            artifact_dir=settings.uxcx_artifact,
+            encoder_fingerprint=encoder_fingerprint(embedder),
+        ),
         language=LanguageDetector(settings.language_min_confidence),
     )
     log.info(

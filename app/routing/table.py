@@ -6,7 +6,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.nlp.base import UXCX_LABELS
+from app.nlp.base import SUBCATEGORIES, UXCX_LABELS
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,13 +42,25 @@ class RoutingTable:
                     f"ROUTING_TABLE {path}: route {i + 1} has label {label!r}; "
                     f"use one of {', '.join(UXCX_LABELS)}"
                 )
+            subcategory = item.get("subcategory")
+            if subcategory is not None and subcategory not in SUBCATEGORIES[label]:
+                raise ValueError(
+                    f"ROUTING_TABLE {path}: route {i + 1} has subcategory {subcategory!r}; "
+                    f"{label}'s are {', '.join(SUBCATEGORIES[label])}"
+                )
             team = item.get("team")
             if not isinstance(team, str):
                 raise ValueError(f"ROUTING_TABLE {path}: route {i + 1} needs a team (string)")
-            routes.append(
-                Route(label=label, subcategory=item.get("subcategory"), team=team or None)
-            )
+            unknown = set(item) - {"label", "subcategory", "team"}
+            if unknown:
+                raise ValueError(
+                    f"ROUTING_TABLE {path}: route {i + 1} has unknown keys {sorted(unknown)}; "
+                    "use label, subcategory and team"
+                )
+            routes.append(Route(label=label, subcategory=subcategory, team=team or None))
         default = raw.get("default_team")
+        if default is not None and not isinstance(default, str):
+            raise ValueError(f"ROUTING_TABLE {path}: default_team must be a string")
         return cls(routes, default_team=default or None)
 
     def team_for(self, label: str | None, subcategory: str | None = None) -> str | None:

@@ -89,6 +89,10 @@ class TicketAnalysis(SQLModel, table=True):
     uxcx_probability: float | None = None
     uxcx_probabilities: dict[str, float] | None = Field(default=None, sa_type=JSONType)
     uxcx_subcategory: str | None = Field(default=None, max_length=64)
+    uxcx_subcategory_probability: float | None = None
+    # [{"start", "end", "weight"}]: the words that drove the label (offsets into the analysed
+    # text: subject and body).
+    uxcx_evidence: list[dict[str, Any]] | None = Field(default=None, sa_type=JSONType)
     team: str | None = Field(default=None, max_length=128)
     # float32 little-endian bytes of the unit-length sentence embedding.
     embedding: bytes = Field(sa_column=Column(LargeBinary, nullable=False))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
-from app.core.deps import SessionDep
+from app.core.deps import RoutingDep, SessionDep
 from app.nlp.base import UxCxLabel
 from app.tickets import service as ticket_service
 from app.tickets.models import AnalysisStatus, Channel
@@ -17,18 +17,23 @@ router = APIRouter(prefix="/v1", tags=["tickets"])
 
 
 @router.get("/tickets/{ticket_id}", response_model=TicketPublic)
-def read_ticket(session: SessionDep, ticket_id: Annotated[int, Path(ge=1)]) -> TicketPublic:
-    """One ticket with its analysis."""
-    return ticket_service.get_ticket(session, ticket_id=ticket_id)
+def read_ticket(
+    session: SessionDep, routing: RoutingDep, ticket_id: Annotated[int, Path(ge=1)]
+) -> TicketPublic:
+    """One ticket with its analysis and the label that counts (a correction wins)."""
+    return ticket_service.get_ticket(session, ticket_id=ticket_id, routing=routing)
 
 
 @router.get("/tickets", response_model=TicketsPublic)
 def list_tickets(
     session: SessionDep,
+    routing: RoutingDep,
     source: Annotated[str | None, Query(max_length=64)] = None,
     channel: Channel | None = None,
     status: AnalysisStatus | None = None,
-    label: Annotated[UxCxLabel | None, Query(description="UX, CX or none")] = None,
+    label: Annotated[
+        UxCxLabel | None, Query(description="UX, CX or none (a correction wins over the model)")
+    ] = None,
     received_from: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
     received_to: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
@@ -37,6 +42,7 @@ def list_tickets(
     """Tickets newest first, filtered and paginated."""
     data, count = ticket_service.list_tickets(
         session,
+        routing=routing,
         source=source,
         channel=channel.value if channel else None,
         status=status.value if status else None,

@@ -56,13 +56,75 @@ class SentimentPublic(BaseModel):
         )
 
 
+class EvidencePublic(BaseModel):
+    """Words of the analysed text (subject, newline, body) that drove the label.
+
+    `start`/`end` are character offsets into that text; `weight` is the span's share of what
+    pushed the decision towards the label.
+    """
+
+    text: str
+    start: int
+    end: int
+    weight: float
+
+
 class UxCxPublic(BaseModel):
-    """UX / CX / none with its probability."""
+    """What the model said: UX / CX / none with calibrated probabilities, the sub-category
+    (and its probability within the label) and the evidence."""
 
     label: str
     probability: float
     probabilities: dict[str, float] | None = None
     subcategory: str | None = None
+    subcategory_probability: float | None = None
+    evidence: list[EvidencePublic] = []
+
+    @classmethod
+    def build(
+        cls,
+        *,
+        label: str,
+        probability: float,
+        probabilities: dict[str, float] | None,
+        subcategory: str | None,
+        subcategory_probability: float | None,
+        evidence: list[dict[str, Any]] | None,
+        text: str,
+    ) -> UxCxPublic:
+        """The public shape, cutting each evidence span out of the analysed text."""
+        spans = [
+            EvidencePublic(
+                text=text[int(e["start"]) : int(e["end"])],
+                start=int(e["start"]),
+                end=int(e["end"]),
+                weight=float(e["weight"]),
+            )
+            for e in evidence or []
+        ]
+        return cls(
+            label=label,
+            probability=probability,
+            probabilities=probabilities,
+            subcategory=subcategory,
+            subcategory_probability=subcategory_probability,
+            evidence=spans,
+        )
+
+
+class LabelPublic(BaseModel):
+    """The label that counts: a person's correction when there is one, else the model's.
+
+    `team` comes from the routing table in use now.
+    """
+
+    label: str
+    subcategory: str | None
+    team: str | None
+    source: str  # "override" or "model"
+    author: str | None = None  # who corrected it (overrides only)
+    note: str | None = None
+    updated_at: datetime | None = None
 
 
 class LanguagePublic(BaseModel):
@@ -103,6 +165,7 @@ class TicketPublic(BaseModel):
     revision: int
     attempts: int
     last_error: str | None
+    label: LabelPublic | None = None  # null until analysed or corrected
     analysis: AnalysisPublic | None
 
 

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import func
+from sqlalchemy import case, func
 from sqlmodel import Session, col, select
 
 from app.core.errors import NotFound
+from app.labels.models import TicketLabel
 from app.nlp.analyzer import compose_text
+from app.routing.table import RoutingTable
 from app.tickets.models import Ticket, TicketAnalysis
 from app.tickets.schemas import (
     AnalysisPublic,
+    LabelPublic,
     LanguagePublic,
     SentimentPublic,
     TicketPublic,
@@ -20,8 +24,41 @@ from app.tickets.schemas import (
 )
 
 
-def to_public(ticket: Ticket, analysis: TicketAnalysis | None) -> TicketPublic:
-    """Combine a ticket and its analysis into the API shape."""
+def effective_label(
+    analysis: TicketAnalysis | None, override: TicketLabel | None, routing: RoutingTable
+) -> LabelPublic | None:
+    """The label that counts: the person's correction, else the model's (current text only)."""
+    if override is not None:
+        return LabelPublic(
+            label=override.label,
+            subcategory=override.subcategory,
+            team=routing.team_for(override.label, override.subcategory),
+            source="override",
+            author=override.author,
+            note=override.note,
+            updated_at=override.updated_at,
+        )
+    if analysis is None:
+        return None
+    if analysis.uxcx_label is None:  # a language the models don't judge: the default team
+        return LabelPublic(
+            label="none", subcategory=None, team=routing.team_for(None), source="model"
+        )
+    return LabelPublic(
+        label=analysis.uxcx_label,
+        subcategory=analysis.uxcx_subcategory,
+        team=routing.team_for(analysis.uxcx_label, analysis.uxcx_subcategory),
+        source="model",
+    )
+
+
+def to_public(
+    ticket: Ticket,
+    analysis: TicketAnalysis | None,
+    override: TicketLabel | None = None,
+    routing: RoutingTable | None = None,
+) -> TicketPublic:
+    """Combine a ticket, its analysis and any correction into the API shape."""
     language = None
     if ticket.language is not None:
         language = LanguagePublic(
@@ -30,7 +67,9 @@ def to_public(ticket: Ticket, analysis: TicketAnalysis | None) -> TicketPublic:
             supported=bool(ticket.language_supported),
         )
     public_analysis = None
-    if analysis is not None and analysis.revision == ticket.revision:
+    if analysis is not None and analysis.revision != ticket.revision:
+        analysis = None  # of an older text: not shown as current
+    if analysis is not None:
         sentiment = uxcx = None
         if analysis.sentiment_label is not None:
             sentiment = SentimentPublic.build(
@@ -41,11 +80,14 @@ def to_public(ticket: Ticket, analysis: TicketAnalysis | None) -> TicketPublic:
                 text=compose_text(ticket.subject, ticket.body),
             )
         if analysis.uxcx_label is not None:
-            uxcx = UxCxPublic(
+            uxcx = UxCxPublic.build(
                 label=analysis.uxcx_label,
                 probability=analysis.uxcx_probability or 0.0,
                 probabilities=analysis.uxcx_probabilities,
                 subcategory=analysis.uxcx_subcategory,
+                subcategory_probability=analysis.uxcx_subcategory_probability,
+                evidence=analysis.uxcx_evidence,
+                text=compose_text(ticket.subject, ticket.body),
             )
         note = None
         if ticket.language_supported is False:
@@ -78,25 +120,32 @@ def to_public(ticket: Ticket, analysis: TicketAnalysis | None) -> TicketPublic:
         revision=ticket.revision,
         attempts=ticket.attempts,
         last_error=ticket.last_error,
+        label=effective_label(analysis, override, routing) if routing else None,
         analysis=public_analysis,
     )
 
 
-def get_ticket(session: Session, *, ticket_id: int) -> TicketPublic:
-    """One ticket with its analysis, or NotFound."""
-    row = session.exec(
-        select(Ticket, TicketAnalysis)
+def _with_analysis_and_label() -> Any:
+    return (
+        select(Ticket, TicketAnalysis, TicketLabel)
         .join(TicketAnalysis, col(TicketAnalysis.ticket_id) == col(Ticket.id), isouter=True)
-        .where(Ticket.id == ticket_id)
-    ).first()
+        .join(TicketLabel, col(TicketLabel.ticket_id) == col(Ticket.id), isouter=True)
+    )
+
+
+def get_ticket(session: Session, *, ticket_id: int, routing: RoutingTable) -> TicketPublic:
+    """One ticket with its analysis and label, or NotFound."""
+    row = session.exec(_with_analysis_and_label().where(Ticket.id == ticket_id)).first()
     if row is None:
         raise NotFound(f"No ticket with id {ticket_id}.")
-    return to_public(*row)
+    ticket, analysis, override = row
+    return to_public(ticket, analysis, override, routing)
 
 
 def list_tickets(
     session: Session,
     *,
+    routing: RoutingTable,
     source: str | None = None,
     channel: str | None = None,
     status: str | None = None,
@@ -115,24 +164,29 @@ def list_tickets(
     if status:
         conditions.append(Ticket.status == status)
     if label:
-        conditions.append(TicketAnalysis.uxcx_label == label)
-        conditions.append(TicketAnalysis.revision == Ticket.revision)
+        # The label that counts: a correction wins over the model's label of the current text.
+        model_label = case(
+            (col(TicketAnalysis.revision) == col(Ticket.revision), TicketAnalysis.uxcx_label),
+            else_=None,
+        )
+        conditions.append(func.coalesce(TicketLabel.label, model_label) == label)
     if received_from:
         conditions.append(Ticket.received_at >= received_from)
     if received_to:
         conditions.append(Ticket.received_at < received_to)
-    join_on = col(TicketAnalysis.ticket_id) == col(Ticket.id)
-    count_stmt = select(func.count()).select_from(Ticket)
-    if label:
-        count_stmt = count_stmt.join(TicketAnalysis, join_on)
+    count_stmt = (
+        select(func.count())
+        .select_from(Ticket)
+        .join(TicketAnalysis, col(TicketAnalysis.ticket_id) == col(Ticket.id), isouter=True)
+        .join(TicketLabel, col(TicketLabel.ticket_id) == col(Ticket.id), isouter=True)
+    )
     total = session.exec(count_stmt.where(*conditions)).one()
     stmt = (
-        select(Ticket, TicketAnalysis)
-        .join(TicketAnalysis, join_on, isouter=not label)
+        _with_analysis_and_label()
         .where(*conditions)
         .order_by(col(Ticket.received_at).desc(), col(Ticket.id).desc())
         .offset((page - 1) * limit)
         .limit(limit)
     )
     rows = session.exec(stmt).all()
-    return [to_public(t, a) for t, a in rows], int(total)
+    return [to_public(t, a, o, routing) for t, a, o in rows], int(total)

@@ -39,11 +39,14 @@ def triage(text: str, *, analyzer: Analyzer, routing: RoutingTable) -> TriagePub
         )
         if s
         else None,
-        uxcx=UxCxPublic(
+        uxcx=UxCxPublic.build(
             label=u.label,
             probability=u.probability,
             probabilities=u.probabilities,
             subcategory=u.subcategory,
+            subcategory_probability=u.subcategory_probability,
+            evidence=[asdict(e) for e in u.evidence],
+            text=text,
         )
         if u
         else None,
