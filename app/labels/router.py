@@ -46,9 +46,7 @@ async def put_ticket_label(
     status_code=204,
     responses={404: {"description": "No such ticket."}},
 )
-def delete_ticket_label(
-    session: SessionDep, ticket_id: Annotated[int, Path(ge=1)]
-) -> Response:
+def delete_ticket_label(session: SessionDep, ticket_id: Annotated[int, Path(ge=1)]) -> Response:
     """Remove a correction: the model's label counts again."""
     label_service.clear_ticket_label(session, ticket_id=ticket_id)
     return Response(status_code=204)

@@ -174,7 +174,9 @@ class TransformerEmbedder:
                 weights = attention.unsqueeze(-1).to(torch.float32)
                 owners = torch.tensor([units[k].text_index for k in idx])
                 states = {
-                    layer: result.last_hidden_state if layer == last else result.hidden_states[layer]
+                    layer: result.last_hidden_state
+                    if layer == last
+                    else result.hidden_states[layer]
                     for layer in layers
                 }
                 # Mean pooling over every token of every chunk of a text: for a text that fits

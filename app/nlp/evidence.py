@@ -58,8 +58,18 @@ def load_spacy(*, tokenizer_only: bool = False) -> Any:
     import spacy
 
     if tokenizer_only:
-        return spacy.load(SPACY_PIPELINE, exclude=["tok2vec", "tagger", "parser", "ner",
-                                                   "attribute_ruler", "lemmatizer", "senter"])
+        return spacy.load(
+            SPACY_PIPELINE,
+            exclude=[
+                "tok2vec",
+                "tagger",
+                "parser",
+                "ner",
+                "attribute_ruler",
+                "lemmatizer",
+                "senter",
+            ],
+        )
     return spacy.load(SPACY_PIPELINE, exclude=["ner"])
 
 

@@ -156,7 +156,7 @@ def list_tickets(
     limit: int = 50,
 ) -> tuple[Sequence[TicketPublic], int]:
     """A page of tickets, newest first, and how many match in total."""
-    conditions = []
+    conditions: list[Any] = []
     if source:
         conditions.append(Ticket.source == source.strip().lower())
     if channel:

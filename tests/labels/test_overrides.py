@@ -31,7 +31,12 @@ def test_override_wins_in_read_list_and_team(client: TestClient, worker: Worker)
     assert before["label"]["label"] == before["analysis"]["uxcx"]["label"]
     r = client.put(
         f"/v1/tickets/{tid}/label",
-        json={"label": "UX", "subcategory": "bug", "author": "lead@example.com", "note": "checkout"},
+        json={
+            "label": "UX",
+            "subcategory": "bug",
+            "author": "lead@example.com",
+            "note": "checkout",
+        },
     )
     assert r.status_code == 200, r.text
     label = r.json()["label"]
@@ -53,9 +58,7 @@ def test_override_wins_in_read_list_and_team(client: TestClient, worker: Worker)
     assert r.json()["label"]["team"] == "billing" and r.json()["label"]["note"] is None
 
 
-def test_override_survives_reanalysis(
-    client: TestClient, worker: Worker, engine: Engine
-) -> None:
+def test_override_survives_reanalysis(client: TestClient, worker: Worker, engine: Engine) -> None:
     tid = _ticket(client, worker)
     client.put(f"/v1/tickets/{tid}/label", json={"label": "none", "author": "a"})
     assert requeue(engine, statuses=["done"]) == 1
@@ -84,7 +87,11 @@ def test_bad_corrections_are_rejected(client: TestClient, worker: Worker, engine
     for body, status, code in cases:
         r = client.put(f"/v1/tickets/{tid}/label", json=body)
         assert (r.status_code, r.json()["code"]) == (status, code), body
-    r = client.put(f"/v1/tickets/{tid}/label", content=b"{not json", headers={"content-type": "application/json"})
+    r = client.put(
+        f"/v1/tickets/{tid}/label",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 400
     r = client.put("/v1/tickets/99999/label", json={"label": "UX", "author": "a"})
     assert r.status_code == 404 and r.json()["code"] == "not_found"

@@ -44,7 +44,7 @@ def test_short_or_noisy_texts_count_as_english(detector: LanguageDetector) -> No
 def test_unknown_backends_name_the_choices() -> None:
     with pytest.raises(ValueError, match="available: branch, vader"):
         load_sentiment_scorer("roberta")
-    with pytest.raises(ValueError, match="available: prototypes"):
+    with pytest.raises(ValueError, match="available: linear, prototypes"):
         load_uxcx_classifier("gpt", embedder=None)  # type: ignore[arg-type]
 
 
