@@ -40,7 +40,7 @@ def main() -> int:
         labelled = {row["tweet_id"] for row in csv.DictReader(f)}
     with args.data.open(encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["text"].strip()]
-    analyzer = load_analyzer(Settings(_env_file=None))  # type: ignore[call-arg]
+    analyzer = load_analyzer(Settings(_env_file=None))
     results = []
     for s in range(0, len(rows), 256):
         results += analyzer.analyze([r["text"].strip() for r in rows[s : s + 256]])
