@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,59 @@ def load_uxcx_classifier(
             raise ValueError("UXCX_BACKEND=linear needs UXCX_ARTIFACT")
         return LinearUxCx(artifact_dir, encoder_fingerprint=encoder_fingerprint)
     raise ValueError(f"unknown UXCX_BACKEND {backend!r}; available: linear, prototypes")
+
+
+# A cluster whose leading label holds less than this mean probability is `mixed`.
+MIXED_BELOW = 0.6
+
+
+@dataclass(frozen=True, slots=True)
+class GroupLabel:
+    """The UX/CX label of a group of messages (a cluster), from all its members.
+
+    `label` is UX, CX, none, or `mixed` when the members split; `leading` is the strongest
+    label even then. `confidence` is the mean probability of `leading` over the members.
+    """
+
+    label: str
+    leading: str
+    confidence: float
+    probabilities: dict[str, float]
+    shares: dict[str, float]  # members whose own label is each label
+    subcategories: dict[str, int]  # members of the leading label, by sub-category
+    evidence: tuple[str, ...]  # the phrases that drove most members of the leading label
+
+
+def label_group(members: Sequence[UxCx], *, max_evidence: int = 5) -> GroupLabel | None:
+    """Aggregate members' probabilities (never one representative) into the group's label."""
+    if not members:
+        return None
+    probs = np.array([[m.probabilities.get(k, 0.0) for k in UXCX_LABELS] for m in members])
+    mean = probs.mean(axis=0)
+    k = int(mean.argmax())
+    leading = UXCX_LABELS[k]
+    own = [m.label for m in members]
+    subcategories: dict[str, int] = {}
+    phrase_weight: dict[str, float] = {}
+    phrase_members: dict[str, int] = {}
+    for m in members:
+        if m.label != leading:
+            continue
+        if m.subcategory:
+            subcategories[m.subcategory] = subcategories.get(m.subcategory, 0) + 1
+        for key in {e.text.lower() for e in m.evidence}:
+            phrase_members[key] = phrase_members.get(key, 0) + 1
+        for e in m.evidence:
+            key = e.text.lower()
+            phrase_weight[key] = phrase_weight.get(key, 0.0) + e.weight
+    # Typical: carried by many members, then by how much it weighed in their decisions.
+    ranked = sorted(phrase_weight, key=lambda p: (-phrase_members[p], -phrase_weight[p], p))
+    return GroupLabel(
+        label=leading if mean[k] >= MIXED_BELOW else "mixed",
+        leading=leading,
+        confidence=round(float(mean[k]), 4),
+        probabilities={lab: round(float(p), 4) for lab, p in zip(UXCX_LABELS, mean, strict=True)},
+        shares={lab: round(own.count(lab) / len(own), 4) for lab in UXCX_LABELS},
+        subcategories=dict(sorted(subcategories.items(), key=lambda kv: (-kv[1], kv[0]))),
+        evidence=tuple(ranked[:max_evidence]),
+    )
