@@ -13,6 +13,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.clusters.router import router as clusters_router
 from app.core.body import OPENAPI_SCHEMAS
 from app.core.config import Settings, get_settings
 from app.core.db import make_engine
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
                 poll_interval_s=settings.worker_poll_interval_s,
                 max_attempts=settings.worker_max_attempts,
                 signal=services.signal,
+                assign_min_cosine=settings.cluster_assign_min_cosine,
             )
             thread = start_in_thread(worker)
         app.state.worker_thread = thread
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     app.include_router(tickets_router)
     app.include_router(labels_router)
     app.include_router(triage_router)
+    app.include_router(clusters_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:

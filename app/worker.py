@@ -37,13 +37,15 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size or settings.worker_batch_size,
         poll_interval_s=settings.worker_poll_interval_s,
         max_attempts=settings.worker_max_attempts,
+        assign_min_cosine=settings.cluster_assign_min_cosine,
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     try:
         if args.once:
             n = worker.drain()
-            log.info("drained", extra={"stage": "enrich", "tickets": n})
+            runs = worker.run_cluster_runs()
+            log.info("drained", extra={"stage": "enrich", "tickets": n, "cluster_runs": runs})
         else:
             worker.run()
     finally:

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
+from app.clusters.algorithm import cluster_embeddings  # noqa: E402
 from bench.common import ROOT, print_table  # noqa: E402
-from pipelines.clustering import cluster_embeddings  # noqa: E402
 
 CACHE = ROOT / "bench" / ".cache"
 

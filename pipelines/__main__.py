@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from datetime import datetime
 
 from app.core.config import get_settings
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     ts.add_argument("--batch-size", type=int, default=32)
     ts.add_argument("--seed", type=int, default=0)
     ts.add_argument("--max-train", type=int, default=0, help="use only the first N (0: all)")
+    cl = jobs.add_parser("cluster", help="cluster the recent tickets into recurring issues now")
+    cl.add_argument(
+        "--window-days", type=int, default=None, help="days back (default: CLUSTER_WINDOW_DAYS)"
+    )
     tu = jobs.add_parser("train-uxcx", help="train the UX/CX labeller (models/uxcx)")
     tu.add_argument("--fixtures", default="fixtures/uxcx", help="folder of labelled *.jsonl")
     tu.add_argument(
@@ -86,6 +91,19 @@ def main(argv: list[str] | None = None) -> int:
                 engine, statuses=statuses, source=args.source, received_from=args.received_from
             )
             print(f"requeued {n} tickets ({', '.join(statuses)}); the worker analyses them next")
+        if args.job == "cluster":
+            from app.clusters.run import execute_run, request_run
+            from app.nlp.evidence import load_spacy
+
+            run_id = request_run(
+                engine, window_days=args.window_days or settings.cluster_window_days
+            )
+            run = execute_run(engine, run_id, nlp=load_spacy())
+            print(
+                f"cluster run {run_id}: {run.status}; {json.dumps(run.counts)}; "
+                f"{run.seconds.get('total', 0)} s" + (f"; error: {run.error}" if run.error else "")
+            )
+            return 0 if run.status == "done" else 1
     finally:
         engine.dispose()
     return 0

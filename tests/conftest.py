@@ -29,7 +29,16 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-TABLES = ("ticket_label", "ticket_analysis", "ticket", "raw_delivery")
+TABLES = (
+    "cluster_member",
+    "cluster_label",
+    "cluster",
+    "cluster_run",
+    "ticket_label",
+    "ticket_analysis",
+    "ticket",
+    "raw_delivery",
+)
 
 
 # Modules named test_postgres_*.py exercise what only PostgreSQL has (SKIP LOCKED); without

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     # Non-English texts below this detector confidence are treated as English.
     language_min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
 
+    # Recurring issues: the window a clustering run covers, and how close a newly analysed
+    # ticket (or a triaged text) must be to a cluster's centre to count as part of it.
+    cluster_window_days: int = Field(default=28, ge=1, le=3660)
+    cluster_assign_min_cosine: float = Field(default=0.5, ge=0.0, le=1.0)
+
     # The work queue.
     worker_in_process: bool = True
     worker_batch_size: int = Field(default=256, ge=1, le=2_000)

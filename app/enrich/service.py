@@ -74,8 +74,12 @@ def write_results(
     routing: RoutingTable,
     versions: dict[str, str],
     max_attempts: int,
+    assign_min_cosine: float | None = None,
 ) -> BatchOutcome:
-    """Store analyses and mark tickets done, in the caller's transaction (the caller commits)."""
+    """Store analyses and mark tickets done, in the caller's transaction (the caller commits).
+
+    With `assign_min_cosine`, each analysed ticket also joins the nearest current cluster when
+    its embedding is at least that similar to the cluster's centre."""
     outcome = BatchOutcome(claimed=len(claimed))
     now = utcnow()
     done_ids: list[int] = []
@@ -130,6 +134,18 @@ def write_results(
         )
         session.add_all(rows)
         session.flush()
+        if assign_min_cosine is not None:
+            from app.clusters.service import assign_tickets
+
+            assign_tickets(
+                session,
+                [
+                    (item.id, result.embedding)
+                    for item, result in zip(claimed, results, strict=True)
+                    if item.id in set(done_ids) and not isinstance(result, Exception)
+                ],
+                min_cosine=assign_min_cosine,
+            )
     outcome.done = len(done_ids)
     return outcome
 

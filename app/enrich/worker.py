@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -33,6 +34,8 @@ class Worker:
         poll_interval_s: float = 1.0,
         max_attempts: int = 3,
         signal: WorkSignal | None = None,
+        assign_min_cosine: float | None = 0.5,
+        cluster_params: Any = None,
     ) -> None:
         self.engine = engine
         self.analyzer = analyzer
@@ -41,7 +44,27 @@ class Worker:
         self.poll_interval_s = poll_interval_s
         self.max_attempts = max_attempts
         self.signal = signal or WorkSignal()
+        self.assign_min_cosine = assign_min_cosine
+        self.cluster_params = cluster_params
+        self._nlp: Any = None
         self._stop = threading.Event()
+
+    def run_cluster_runs(self) -> int:
+        """Carry out every queued clustering run, oldest first; returns how many ran."""
+        from app.clusters import run as cluster_run
+
+        done = 0
+        while not self._stop.is_set():
+            run_id = cluster_run.claim_run(self.engine)
+            if run_id is None:
+                return done
+            if self._nlp is None:
+                from app.nlp.evidence import load_spacy
+
+                self._nlp = load_spacy()
+            cluster_run.execute_run(self.engine, run_id, nlp=self._nlp, params=self.cluster_params)
+            done += 1
+        return done
 
     def run_once(self) -> enrich_service.BatchOutcome:
         """Claim, analyse and store one batch; returns its counts (claimed 0 when idle)."""
@@ -95,6 +118,7 @@ class Worker:
             routing=self.routing,
             versions=self.analyzer.versions,
             max_attempts=self.max_attempts,
+            assign_min_cosine=self.assign_min_cosine,
         )
         took = time.perf_counter() - start
         log.info(
@@ -138,6 +162,11 @@ class Worker:
                 self._stop.wait(self.poll_interval_s)
                 continue
             if outcome.claimed == 0:
+                try:
+                    if self.run_cluster_runs():
+                        continue
+                except Exception:  # noqa: BLE001 - recorded on the run; keep the worker alive
+                    log.exception("cluster run error", extra={"stage": "cluster"})
                 self.signal.wait(self.poll_interval_s)
         log.info("worker stopped", extra={"stage": "enrich"})
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlmodel import SQLModel
 
+import app.clusters.models  # noqa: F401
 import app.ingest.models  # noqa: F401  (registers tables on SQLModel.metadata)
 import app.labels.models  # noqa: F401
 import app.tickets.models  # noqa: F401

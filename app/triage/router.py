@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from app.clusters.service import ClusterIndex
 from app.core.body import json_body_openapi, parse_json, read_body, validate
-from app.core.deps import AnalyzerDep, RoutingDep, SettingsDep
+from app.core.deps import AnalyzerDep, RoutingDep, SessionDep, SettingsDep
 from app.triage import service as triage_service
 from app.triage.schemas import TriagePublic, TriageRequest, TriageRequestAdapter
 
@@ -24,10 +25,22 @@ router = APIRouter(prefix="/v1", tags=["triage"])
     },
 )
 async def triage(
-    request: Request, settings: SettingsDep, analyzer: AnalyzerDep, routing: RoutingDep
+    request: Request,
+    settings: SettingsDep,
+    analyzer: AnalyzerDep,
+    routing: RoutingDep,
+    session: SessionDep,
 ) -> TriagePublic:
-    """Sentiment, UX/CX label and team for one text; nothing is stored."""
+    """Sentiment, UX/CX label, team and known issue for one text; nothing is stored."""
     raw = await read_body(request, max_bytes=settings.max_request_bytes)
     payload: TriageRequest = validate(TriageRequestAdapter, parse_json(raw))
     text = triage_service.check(payload, settings=settings)
-    return await run_in_threadpool(triage_service.triage, text, analyzer=analyzer, routing=routing)
+    clusters = await run_in_threadpool(ClusterIndex.load, session)
+    return await run_in_threadpool(
+        triage_service.triage,
+        text,
+        analyzer=analyzer,
+        routing=routing,
+        clusters=clusters,
+        min_cosine=settings.cluster_assign_min_cosine,
+    )

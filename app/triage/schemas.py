@@ -21,12 +21,21 @@ class TriageRequest(BaseModel):
 TriageRequestAdapter: TypeAdapter[TriageRequest] = TypeAdapter(TriageRequest)
 
 
+class KnownIssue(BaseModel):
+    """The current cluster nearest the text, when close enough to count as part of it."""
+
+    id: int
+    title: str
+    similarity: float
+
+
 class TriagePublic(BaseModel):
-    """Sentiment, UX/CX label and the team it routes to."""
+    """Sentiment, UX/CX label, the team it routes to, and the known issue it belongs to."""
 
     sentiment: SentimentPublic | None
     uxcx: UxCxPublic | None
     team: str | None
+    cluster: KnownIssue | None = None
     language: LanguagePublic
     analysers: dict[str, str]
     note: str | None = None

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from app.clusters.service import ClusterIndex
 from app.core.config import Settings
 from app.core.limits import optional_text, required_text
 from app.nlp.analyzer import Analyzer, compose_text
 from app.routing.table import RoutingTable
 from app.tickets.schemas import LanguagePublic, SentimentPublic, UxCxPublic
-from app.triage.schemas import TriagePublic, TriageRequest
+from app.triage.schemas import KnownIssue, TriagePublic, TriageRequest
 
 
 def check(request: TriageRequest, *, settings: Settings) -> str:
@@ -19,9 +20,17 @@ def check(request: TriageRequest, *, settings: Settings) -> str:
     return compose_text(subject, text)
 
 
-def triage(text: str, *, analyzer: Analyzer, routing: RoutingTable) -> TriagePublic:
-    """Analyse `text` and route it."""
+def triage(
+    text: str,
+    *,
+    analyzer: Analyzer,
+    routing: RoutingTable,
+    clusters: ClusterIndex | None = None,
+    min_cosine: float = 0.5,
+) -> TriagePublic:
+    """Analyse `text`, route it, and name the known issue (cluster) it is part of."""
     result = analyzer.analyze([text])[0]
+    hit = clusters.nearest(result.embedding[None, :], min_cosine)[0] if clusters else None
     s, u, lang = result.sentiment, result.uxcx, result.language
     note = None
     if not lang.supported:
@@ -56,4 +65,5 @@ def triage(text: str, *, analyzer: Analyzer, routing: RoutingTable) -> TriagePub
         ),
         analysers=analyzer.versions,
         note=note,
+        cluster=KnownIssue(id=hit[0], title=hit[1], similarity=hit[2]) if hit else None,
     )

@@ -123,7 +123,7 @@ def cluster_embeddings(embeddings: np.ndarray, params: ClusterParams | None = No
     ).fit_predict(z)
     seconds["hdbscan"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
-    labels, centroids = _renumber(raw, x)
+    labels, centroids = renumber(raw, x)
     if centroids.shape[0]:
         # Smoothing can carry an isolated message into a group; a member must also be close
         # to its centre in the original space.
@@ -136,12 +136,12 @@ def cluster_embeddings(embeddings: np.ndarray, params: ClusterParams | None = No
             nearest = sims.argmax(axis=1)
             close = sims[np.arange(outliers.size), nearest] >= params.reassign_min_cosine
             labels[outliers[close]] = nearest[close]
-            labels, centroids = _renumber(labels, x)
+            labels, centroids = renumber(labels, x)
     seconds["assign"] = round(time.perf_counter() - t, 3)
     return Clustering(labels, centroids, params, seconds)
 
 
-def _renumber(raw: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def renumber(raw: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Clusters numbered by size (largest first, ties by first member) with their centres."""
     ids = [c for c in np.unique(raw) if c >= 0]
     order = sorted(ids, key=lambda c: (-int(np.sum(raw == c)), int(np.argmax(raw == c))))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipelines.clustering import ClusterParams, cluster_embeddings, knn_smooth, pca
+from app.clusters.algorithm import ClusterParams, cluster_embeddings, knn_smooth, pca
 
 
 def planted(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
