@@ -34,6 +34,10 @@ def list_tickets(
     label: Annotated[
         UxCxLabel | None, Query(description="UX, CX or none (a correction wins over the model)")
     ] = None,
+    clustered: Annotated[
+        bool | None,
+        Query(description="true: part of a current cluster; false: unclustered (outliers)"),
+    ] = None,
     received_from: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
     received_to: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
@@ -47,6 +51,7 @@ def list_tickets(
         channel=channel.value if channel else None,
         status=status.value if status else None,
         label=label.value if label else None,
+        clustered=clustered,
         received_from=received_from,
         received_to=received_to,
         page=page,

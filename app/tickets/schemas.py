@@ -146,6 +146,15 @@ class AnalysisPublic(BaseModel):
     note: str | None = None
 
 
+class TicketCluster(BaseModel):
+    """The recurring issue (cluster) a ticket is part of now."""
+
+    id: int
+    title: str
+    similarity: float
+    assigned_by: str  # run, worker or merge
+
+
 class TicketPublic(BaseModel):
     """A stored ticket or post with its analysis (null until the worker has run)."""
 
@@ -166,6 +175,7 @@ class TicketPublic(BaseModel):
     attempts: int
     last_error: str | None
     label: LabelPublic | None = None  # null until analysed or corrected
+    cluster: TicketCluster | None = None  # null: unclustered (an outlier, or not yet clustered)
     analysis: AnalysisPublic | None
 
 

@@ -7,8 +7,10 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
+from app.clusters.models import Cluster, ClusterMember
 from app.core.errors import NotFound
 from app.labels.models import TicketLabel
 from app.nlp.analyzer import compose_text
@@ -19,6 +21,7 @@ from app.tickets.schemas import (
     LabelPublic,
     LanguagePublic,
     SentimentPublic,
+    TicketCluster,
     TicketPublic,
     UxCxPublic,
 )
@@ -127,9 +130,23 @@ def to_public(
 
 def _with_analysis_and_label() -> Any:
     return (
-        select(Ticket, TicketAnalysis, TicketLabel)
+        # sqlmodel's select types at most four entities; SQLAlchemy's takes any number.
+        sa_select(Ticket, TicketAnalysis, TicketLabel, ClusterMember, Cluster)
         .join(TicketAnalysis, col(TicketAnalysis.ticket_id) == col(Ticket.id), isouter=True)
         .join(TicketLabel, col(TicketLabel.ticket_id) == col(Ticket.id), isouter=True)
+        .join(ClusterMember, col(ClusterMember.ticket_id) == col(Ticket.id), isouter=True)
+        .join(Cluster, col(Cluster.id) == col(ClusterMember.cluster_id), isouter=True)
+    )
+
+
+def _cluster(member: ClusterMember | None, cluster: Cluster | None) -> TicketCluster | None:
+    if member is None or cluster is None or cluster.id is None:
+        return None
+    return TicketCluster(
+        id=cluster.id,
+        title=cluster.title,
+        similarity=member.similarity,
+        assigned_by=member.assigned_by,
     )
 
 
@@ -138,8 +155,10 @@ def get_ticket(session: Session, *, ticket_id: int, routing: RoutingTable) -> Ti
     row = session.exec(_with_analysis_and_label().where(Ticket.id == ticket_id)).first()
     if row is None:
         raise NotFound(f"No ticket with id {ticket_id}.")
-    ticket, analysis, override = row
-    return to_public(ticket, analysis, override, routing)
+    ticket, analysis, override, member, cluster = row
+    public = to_public(ticket, analysis, override, routing)
+    public.cluster = _cluster(member, cluster)
+    return public
 
 
 def list_tickets(
@@ -150,6 +169,7 @@ def list_tickets(
     channel: str | None = None,
     status: str | None = None,
     label: str | None = None,
+    clustered: bool | None = None,
     received_from: datetime | None = None,
     received_to: datetime | None = None,
     page: int = 1,
@@ -170,6 +190,12 @@ def list_tickets(
             else_=None,
         )
         conditions.append(func.coalesce(TicketLabel.label, model_label) == label)
+    if clustered is not None:
+        conditions.append(
+            col(ClusterMember.ticket_id).is_not(None)
+            if clustered
+            else col(ClusterMember.ticket_id).is_(None)
+        )
     if received_from:
         conditions.append(Ticket.received_at >= received_from)
     if received_to:
@@ -179,6 +205,7 @@ def list_tickets(
         .select_from(Ticket)
         .join(TicketAnalysis, col(TicketAnalysis.ticket_id) == col(Ticket.id), isouter=True)
         .join(TicketLabel, col(TicketLabel.ticket_id) == col(Ticket.id), isouter=True)
+        .join(ClusterMember, col(ClusterMember.ticket_id) == col(Ticket.id), isouter=True)
     )
     total = session.exec(count_stmt.where(*conditions)).one()
     stmt = (
@@ -189,4 +216,9 @@ def list_tickets(
         .limit(limit)
     )
     rows = session.exec(stmt).all()
-    return [to_public(t, a, o, routing) for t, a, o in rows], int(total)
+    out = []
+    for t, a, o, m, c in rows:
+        public = to_public(t, a, o, routing)
+        public.cluster = _cluster(m, c)
+        out.append(public)
+    return out, int(total)

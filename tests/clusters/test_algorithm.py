@@ -42,7 +42,8 @@ def test_two_runs_give_the_same_clusters() -> None:
 
 def test_adaptive_size_and_tiny_inputs() -> None:
     assert ClusterParams.for_size(3080).min_cluster_size == 10
-    assert ClusterParams.for_size(100_000).min_cluster_size == 57
+    big = ClusterParams.for_size(100_000)  # fitted on a 30,000 sample
+    assert (big.min_cluster_size, big.dims) == (31, 16)
     assert ClusterParams.for_size(10).min_cluster_size == 5
     x, _ = planted()
     few = cluster_embeddings(x[:3])

@@ -81,6 +81,16 @@ def test_cluster_lifecycle(client: TestClient, worker: Worker, engine: Engine) -
         assert c["model_label"]["confidence"] is not None
         assert abs(sum(c["model_label"]["probabilities"].values()) - 1) < 0.01
         assert c["status"] == "new" and c["first_seen"] <= c["last_seen"]
+    # Unclustered messages stay visible; members name their cluster.
+    outliers = client.get("/v1/tickets", params={"clustered": "false", "limit": 200}).json()
+    assert outliers["count"] == counts["outliers"]
+    assert all(t["cluster"] is None for t in outliers["data"])
+    first = clusters[0]
+    rep = client.get(f"/v1/tickets/{first['representatives'][0]['ticket_id']}").json()
+    assert rep["cluster"]["id"] == first["id"] and rep["cluster"]["title"] == first["title"]
+    assert rep["cluster"]["assigned_by"] == "run" and rep["cluster"]["similarity"] > 0.4
+    inside = client.get("/v1/tickets", params={"clustered": "true", "limit": 1}).json()
+    assert inside["count"] == 400 - counts["outliers"]
     # Filters and sorts.
     cx = client.get("/v1/clusters", params={"label": "CX", "limit": 200}).json()["data"]
     assert cx and all(c["label"]["label"] == "CX" for c in cx)
