@@ -198,3 +198,27 @@ def test_cluster_errors(client: TestClient) -> None:
     r = client.put("/v1/clusters/5/label", json={"label": "UX", "author": "a"})
     assert r.status_code == 404
     assert client.get("/v1/clusters").json() == {"data": [], "count": 0}
+
+
+def test_pipelines_cluster_job(
+    client: TestClient,
+    worker: Worker,
+    db_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from app.core.config import get_settings
+    from pipelines.__main__ import main
+
+    client.post("/v1/tickets", json=_items("telecom", (1,)))
+    worker.drain()
+    monkeypatch.setenv("DATABASE_URL", db_url)
+    get_settings.cache_clear()
+    try:
+        assert main(["cluster", "--window-days", "30"]) == 0
+    finally:
+        get_settings.cache_clear()
+    out = capsys.readouterr().out
+    assert "cluster run 1: done" in out and '"messages": 200' in out
+    assert client.get("/v1/clusters/runs/1").json()["window_days"] == 30
+    assert len(_clusters(client)) >= 3
