@@ -30,7 +30,7 @@ from app.clusters.models import Cluster, ClusterMember, ClusterRun, RunStatus
 from app.clusters.titles import key_phrases, title_for
 from app.core.db import begin_write, utcnow
 from app.nlp.analyzer import compose_text
-from app.nlp.base import UXCX_LABELS, Evidence, UxCx
+from app.nlp.base import Evidence, UxCx
 from app.nlp.uxcx import label_group
 from app.tickets.models import Ticket, TicketAnalysis
 
@@ -341,18 +341,19 @@ def _compute_and_write(
     if clustering:
         seconds.update(clustering.seconds)
     t = time.perf_counter()
-    begin_write(session)
-    matching = match_ids(_member_sets(members, labels, len(centroids)), centroids, session)
-    if matching.unions:  # keep together what a person merged, then match again
-        for j, j2 in matching.unions.items():
+    # Put back together what a person merged (a read; the ids are settled under the lock).
+    unions = match_ids(_member_sets(members, labels, len(centroids)), centroids, session).unions
+    if unions:
+        for j, j2 in unions.items():
             labels[labels == j] = j2
         labels, centroids = renumber(labels, x)
-        matching = match_ids(_member_sets(members, labels, len(centroids)), centroids, session)
-    seconds["match"] = round(time.perf_counter() - t, 3)
-    t = time.perf_counter()
+    session.rollback()
     described = describe(members, x, labels, centroids, nlp) if len(centroids) else []
     seconds["describe"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
+    # From here on one write transaction: readers see the previous view until it commits.
+    begin_write(session)
+    matching = match_ids(_member_sets(members, labels, len(centroids)), centroids, session)
     kept, statuses, origins = matching.kept, matching.statuses, matching.origins
     continuing = matching.continuing
     now = utcnow()
@@ -363,7 +364,6 @@ def _compute_and_write(
         .values(active=False, updated_at=now)
     )
     session.execute(delete(ClusterMember))
-    ids = []
     for j, d in enumerate(described):
         cluster = session.get(Cluster, kept[j]) if kept[j] is not None else None
         if cluster is None:
@@ -377,7 +377,6 @@ def _compute_and_write(
         session.add(cluster)
         session.flush()
         assert cluster.id is not None
-        ids.append(cluster.id)
         sims = x[d["rows"]] @ centroids[j]
         session.add_all(
             ClusterMember(
@@ -421,8 +420,3 @@ def request_run(engine: Engine, *, window_days: int, requested_by: str | None = 
         session.commit()
         assert run.id is not None
         return run.id
-
-
-def label_names() -> tuple[str, ...]:
-    """Labels a cluster can carry."""
-    return (*UXCX_LABELS, "mixed")
