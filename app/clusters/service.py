@@ -44,7 +44,9 @@ def effective_label(
         )
     if cluster.label is None:
         return None
-    sub = next(iter(cluster.subcategories), None)
+    # The most common sub-category (JSONB does not keep key order, so never rely on it).
+    subs = cluster.subcategories or {}
+    sub = min(subs, key=lambda k: (-subs[k], k)) if subs else None
     if cluster.label == "mixed":
         return ClusterLabelPublic(
             label="mixed", subcategory=None, team=routing.team_for(None), source="model"
