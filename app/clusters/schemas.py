@@ -7,18 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-
-class ClusterLabelPublic(BaseModel):
-    """The label that counts for a cluster: a person's correction, else the model's (from all
-    members' probabilities; `mixed` when they split). `team` comes from the routing table."""
-
-    label: str
-    subcategory: str | None
-    team: str | None
-    source: str  # override or model
-    author: str | None = None
-    note: str | None = None
-    updated_at: datetime | None = None
+from app.tickets.schemas import LabelPublic
 
 
 class ClusterModelLabel(BaseModel):
@@ -52,7 +41,7 @@ class ClusterPublic(BaseModel):
     origin_id: int | None
     active: bool
     merged_into: int | None
-    label: ClusterLabelPublic | None
+    label: LabelPublic | None  # a correction wins; `mixed` clusters go to the default team
     model_label: ClusterModelLabel
     negative_share: float | None
     mean_sentiment: float | None

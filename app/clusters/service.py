@@ -10,7 +10,6 @@ from sqlmodel import Session, col, select
 
 from app.clusters.models import Cluster, ClusterLabel, ClusterMember, ClusterRun
 from app.clusters.schemas import (
-    ClusterLabelPublic,
     ClusterModelLabel,
     ClusterPublic,
     MemberPublic,
@@ -20,38 +19,32 @@ from app.clusters.schemas import (
 from app.core.db import begin_write, utcnow
 from app.core.errors import InvalidInput, NotFound
 from app.labels.schemas import LabelUpdate
-from app.labels.service import check as check_label
+from app.labels.service import clear_override, set_override
 from app.nlp.analyzer import compose_text
 from app.routing.table import RoutingTable
 from app.tickets.models import Ticket
+from app.tickets.schemas import LabelPublic
+from app.tickets.service import override_label
 
 SORTS = ("size", "growth", "negativity")
 
 
 def effective_label(
     cluster: Cluster, override: ClusterLabel | None, routing: RoutingTable
-) -> ClusterLabelPublic | None:
+) -> LabelPublic | None:
     """A correction wins; a `mixed` cluster goes to the default team."""
     if override is not None:
-        return ClusterLabelPublic(
-            label=override.label,
-            subcategory=override.subcategory,
-            team=routing.team_for(override.label, override.subcategory),
-            source="override",
-            author=override.author,
-            note=override.note,
-            updated_at=override.updated_at,
-        )
+        return override_label(override, routing)
     if cluster.label is None:
         return None
     # The most common sub-category (JSONB does not keep key order, so never rely on it).
     subs = cluster.subcategories or {}
     sub = min(subs, key=lambda k: (-subs[k], k)) if subs else None
     if cluster.label == "mixed":
-        return ClusterLabelPublic(
+        return LabelPublic(
             label="mixed", subcategory=None, team=routing.team_for(None), source="model"
         )
-    return ClusterLabelPublic(
+    return LabelPublic(
         label=cluster.label, subcategory=sub, team=routing.team_for(cluster.label, sub),
         source="model",
     )  # fmt: skip
@@ -230,37 +223,17 @@ def merge(session: Session, *, cluster_id: int, into: int) -> None:
 
 def set_label(session: Session, *, cluster_id: int, update_: LabelUpdate) -> None:
     """Create or replace a person's label for a cluster."""
-    label, subcategory, author, note = check_label(update_)
-    begin_write(session)
-    try:
-        if session.get(Cluster, cluster_id) is None:
-            raise NotFound(f"No cluster with id {cluster_id}.")
-        row = session.get(ClusterLabel, cluster_id)
-        now = utcnow()
-        if row is None:
-            row = ClusterLabel(cluster_id=cluster_id, label=label, author=author, created_at=now)
-        row.label, row.subcategory, row.author, row.note = label, subcategory, author, note
-        row.updated_at = now
-        session.add(row)
-        session.commit()
-    except Exception:
-        session.rollback()
-        raise
+    set_override(
+        session, parent=Cluster, override=ClusterLabel, key="cluster_id", key_value=cluster_id,
+        what="cluster", update=update_,
+    )  # fmt: skip
 
 
 def clear_label(session: Session, *, cluster_id: int) -> None:
     """Remove a cluster's correction."""
-    begin_write(session)
-    try:
-        if session.get(Cluster, cluster_id) is None:
-            raise NotFound(f"No cluster with id {cluster_id}.")
-        row = session.get(ClusterLabel, cluster_id)
-        if row is not None:
-            session.delete(row)
-        session.commit()
-    except Exception:
-        session.rollback()
-        raise
+    clear_override(
+        session, parent=Cluster, override=ClusterLabel, key_value=cluster_id, what="cluster"
+    )
 
 
 def run_public(run: ClusterRun) -> RunPublic:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, SQLModel
 
 from app.core.db import begin_write, utcnow
 from app.core.errors import InvalidInput, NotFound
@@ -31,18 +33,28 @@ def check(update: LabelUpdate) -> tuple[str, str | None, str, str | None]:
     return label, subcategory, author, note
 
 
-def set_ticket_label(session: Session, *, ticket_id: int, update: LabelUpdate) -> None:
-    """Create or replace the correction of one ticket."""
+def set_override(
+    session: Session,
+    *,
+    parent: type[SQLModel],
+    override: type[Any],
+    key: str,
+    key_value: int,
+    what: str,
+    update: LabelUpdate,
+) -> None:
+    """Create or replace a person's label row `override` (keyed by `key`) for the `parent`
+    row with that id (a ticket or a cluster)."""
     label, subcategory, author, note = check(update)
     for attempt in range(2):
         try:
             begin_write(session)
-            if session.get(Ticket, ticket_id) is None:
-                raise NotFound(f"No ticket with id {ticket_id}.")
-            row = session.get(TicketLabel, ticket_id)
+            if session.get(parent, key_value) is None:
+                raise NotFound(f"No {what} with id {key_value}.")
+            row = session.get(override, key_value)
             now = utcnow()
             if row is None:
-                row = TicketLabel(ticket_id=ticket_id, created_at=now, label=label, author=author)
+                row = override(**{key: key_value}, created_at=now, label=label, author=author)
             row.label, row.subcategory, row.author, row.note = label, subcategory, author, note
             row.updated_at = now
             session.add(row)
@@ -57,16 +69,31 @@ def set_ticket_label(session: Session, *, ticket_id: int, update: LabelUpdate) -
             raise
 
 
-def clear_ticket_label(session: Session, *, ticket_id: int) -> None:
-    """Remove a ticket's correction: the model's label counts again."""
+def clear_override(
+    session: Session, *, parent: type[SQLModel], override: type[Any], key_value: int, what: str
+) -> None:
+    """Remove a person's label: the model's label counts again."""
     begin_write(session)
     try:
-        if session.get(Ticket, ticket_id) is None:
-            raise NotFound(f"No ticket with id {ticket_id}.")
-        row = session.get(TicketLabel, ticket_id)
+        if session.get(parent, key_value) is None:
+            raise NotFound(f"No {what} with id {key_value}.")
+        row = session.get(override, key_value)
         if row is not None:
             session.delete(row)
         session.commit()
     except Exception:
         session.rollback()
         raise
+
+
+def set_ticket_label(session: Session, *, ticket_id: int, update: LabelUpdate) -> None:
+    """Create or replace the correction of one ticket."""
+    set_override(
+        session, parent=Ticket, override=TicketLabel, key="ticket_id", key_value=ticket_id,
+        what="ticket", update=update,
+    )  # fmt: skip
+
+
+def clear_ticket_label(session: Session, *, ticket_id: int) -> None:
+    """Remove a ticket's correction: the model's label counts again."""
+    clear_override(session, parent=Ticket, override=TicketLabel, key_value=ticket_id, what="ticket")

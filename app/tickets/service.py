@@ -27,20 +27,25 @@ from app.tickets.schemas import (
 )
 
 
+def override_label(override: Any, routing: RoutingTable) -> LabelPublic:
+    """A person's correction (of a ticket or a cluster) as the label that counts."""
+    return LabelPublic(
+        label=override.label,
+        subcategory=override.subcategory,
+        team=routing.team_for(override.label, override.subcategory),
+        source="override",
+        author=override.author,
+        note=override.note,
+        updated_at=override.updated_at,
+    )
+
+
 def effective_label(
     analysis: TicketAnalysis | None, override: TicketLabel | None, routing: RoutingTable
 ) -> LabelPublic | None:
     """The label that counts: the person's correction, else the model's (current text only)."""
     if override is not None:
-        return LabelPublic(
-            label=override.label,
-            subcategory=override.subcategory,
-            team=routing.team_for(override.label, override.subcategory),
-            source="override",
-            author=override.author,
-            note=override.note,
-            updated_at=override.updated_at,
-        )
+        return override_label(override, routing)
     if analysis is None:
         return None
     if analysis.uxcx_label is None:  # a language the models don't judge: the default team
