@@ -1,4 +1,4 @@
-"""The raw delivery table: exactly what arrived, kept beside the tickets made from it."""
+"""The raw delivery table: what arrived (kind, size, sha256), beside the tickets made from it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from app.core.db import UTCDateTime, utcnow
 
 
 class RawDelivery(SQLModel, table=True):
-    """One request body as received (API call or webhook), stored in the ticket's transaction."""
+    """One request (API call or webhook) as received: its kind, type, size and sha256.
+
+    The body itself is not kept (`payload` stays null): it carries the personal data that is
+    redacted from the stored ticket, and the sha256 is enough to recognise a redelivery."""
 
     __tablename__ = "raw_delivery"
 
@@ -20,5 +23,5 @@ class RawDelivery(SQLModel, table=True):
     content_type: str | None = Field(default=None, max_length=255)
     sha256: str = Field(max_length=64, index=True)
     size_bytes: int
-    payload: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -19,6 +19,7 @@ from app.core.db import begin_write, utcnow
 from app.core.errors import InvalidInput, PayloadTooLarge
 from app.core.limits import optional_text, required_text
 from app.ingest.models import RawDelivery
+from app.ingest.pii import redact
 from app.ingest.schemas import IngestItemResult, TicketCreate
 from app.ingest.sources import SourceRegistry
 from app.tickets.models import AnalysisStatus, Ticket, TicketAnalysis
@@ -74,6 +75,9 @@ def prepare(
         subject = optional_text(
             item.subject, what=f"{where}: subject", limit=settings.max_subject_chars
         )
+        # Personal data never reaches the database, the embedding or the API.
+        body = redact(body).text
+        subject = redact(subject).text if subject else subject
         if item.metadata is not None:
             size = len(json.dumps(item.metadata, default=str))
             if size > settings.max_metadata_bytes:
@@ -137,7 +141,6 @@ def _store_once(
                 content_type=raw.content_type,
                 sha256=hashlib.sha256(raw.data).hexdigest(),
                 size_bytes=len(raw.data),
-                payload=raw.data,
                 received_at=now,
             )
             session.add(delivery)
