@@ -23,9 +23,9 @@ _STREET_TYPES = (
     "street|st|avenue|ave|road|rd|lane|ln|drive|dr|boulevard|blvd|court|ct|place|pl|square|sq|"
     "terrace|way|close|crescent|highway|hwy|parkway|pkwy"
 )
+# Capitalised words between the number and the street type, so "3 days to close" is no address.
 ADDRESS = re.compile(
-    rf"\b\d{{1,5}}[A-Za-z]?(?:\s+[A-Z][a-zA-Z'-]+){{1,4}}\s+(?:{_STREET_TYPES})\b\.?",
-    re.IGNORECASE,
+    rf"\b\d{{1,5}}[A-Za-z]?(?:\s+[A-Z][a-zA-Z'-]+){{1,4}}\s+(?i:{_STREET_TYPES})\b\.?"
 )
 
 

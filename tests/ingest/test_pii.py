@@ -36,6 +36,8 @@ def test_each_kind_is_redacted(text: str, expected: str, counts: dict[str, int])
         "It took 3 hours and 45 minutes on version 2.3.4",
         "error code 0x80070005 again",
         "GB82 is not an IBAN",
+        "It took 3 days to close my account",
+        "2 weeks later the way it works changed",
     ],
 )
 def test_ordinary_numbers_stay(text: str) -> None:
