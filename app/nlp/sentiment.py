@@ -15,6 +15,7 @@ negative sentence is negative is negative ("thanks for the help, but the app sti
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -146,7 +147,16 @@ def build_branch(embedder: TransformerEmbedder, tap_layer: int) -> Any:
 def encoder_fingerprint(embedder: TransformerEmbedder) -> str:
     """sha256 of the encoder's weight file, so an artifact only runs on the encoder it extends."""
     weights = embedder.path / "model.safetensors"
-    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.exists() else "unknown"
+    if not weights.exists():
+        return "unknown"
+    stat = weights.stat()
+    return _file_sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
+    """Hashed once per file version: every artifact checks the same 90 MB of weights."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class BranchSentiment:
