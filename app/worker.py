@@ -8,16 +8,40 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+from pathlib import Path
 
 from app.core.config import get_settings
 from app.core.db import make_engine
 from app.core.logging import configure_logging
 from app.enrich.worker import Worker
 from app.nlp.loader import load_analyzer
+from app.outbound.service import OutboundSender
 from app.routing.table import RoutingTable
 
 log = logging.getLogger("app.worker")
+
+
+def lower_priority(priority: str) -> None:
+    """Run analysis below the API processes on the same cores, so webhooks answer first.
+
+    idle: SCHED_IDLE, the worker gets only CPU time nothing else wants (Linux); nice: niceness
+    10; normal: unchanged. Linux's autogroup shares the CPU between sessions before it looks at
+    a process's priority, so a worker that leads its own session (a service manager, or a
+    script, started it with setsid) also lowers its session's share (/proc/self/autogroup)."""
+    if priority == "normal":
+        return
+    if priority == "idle" and hasattr(os, "sched_setscheduler"):
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    elif hasattr(os, "nice"):
+        os.nice(10)
+    autogroup = Path("/proc/self/autogroup")
+    if autogroup.exists() and os.getsid(0) == os.getpid():
+        try:
+            autogroup.write_text("19")
+        except OSError:
+            log.info("could not lower the autogroup's share", extra={"stage": "enrich"})
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -29,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
+    lower_priority(settings.worker_priority)
     engine = make_engine(settings.database_url)
     worker = Worker(
         engine=engine,
@@ -38,7 +63,13 @@ def main(argv: list[str] | None = None) -> None:
         poll_interval_s=settings.worker_poll_interval_s,
         max_attempts=settings.worker_max_attempts,
         assign_min_cosine=settings.cluster_assign_min_cosine,
+        outbound=settings.outbound_config() is not None,
     )
+    outbound = settings.outbound_config()
+    sender = None
+    if outbound is not None and not args.once:
+        sender = OutboundSender(engine=engine, config=outbound, routing=worker.routing)
+        sender.start()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop())
     try:
@@ -49,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             worker.run()
     finally:
+        if sender is not None:
+            sender.stop()
         engine.dispose()
 
 

@@ -79,6 +79,7 @@ def main() -> None:
         "WORKER_IN_PROCESS": "false",
         "LOG_LEVEL": "WARNING",
         "AUTHOR_HASH_SALT": "bench",
+        "API_KEYS": "bench-api-key",
     }
     subprocess.run([sys.executable, "-m", "app.migrate"], env=env, cwd=ROOT, check=True)
     port = free_port()
@@ -101,7 +102,8 @@ def main() -> None:
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        with httpx.Client(base_url=base, timeout=60) as http:
+        auth = {"Authorization": "Bearer bench-api-key"}
+        with httpx.Client(base_url=base, timeout=60, headers=auth) as http:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:
                 try:

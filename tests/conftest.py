@@ -24,12 +24,15 @@ from app.migrate import alembic_config
 from app.nlp.analyzer import Analyzer
 from app.nlp.loader import load_analyzer
 from app.routing.table import RoutingTable
+from tests.helpers import API_KEY, AUTH
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 TABLES = (
+    "outbound_delivery",
+    "webhook_event",
     "cluster_member",
     "cluster_label",
     "cluster",
@@ -113,6 +116,7 @@ def make_settings(db_url: str, tmp_path: Path) -> Callable[..., Settings]:
             "data_dir": tmp_path / "var",
             "author_hash_salt": "test-salt",
             "worker_in_process": False,
+            "api_keys": API_KEY,
         }
         values.update(overrides)
         return Settings(_env_file=None, **values)  # type: ignore[call-arg]
@@ -130,7 +134,7 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 def client(settings: Settings, analyzer: Analyzer) -> Iterator[TestClient]:
     """The real app (real analysers, real database) behind a test client."""
     app = create_app(settings, analyzer=analyzer)
-    with TestClient(app) as c:
+    with TestClient(app, headers=AUTH) as c:
         yield c
 
 

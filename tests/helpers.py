@@ -10,6 +10,9 @@ from sqlmodel import Session, select
 
 from app.tickets.models import Ticket
 
+API_KEY = "test-key"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
 
 def count_rows(engine: Engine, table: str) -> int:
     """Rows in a table."""

@@ -22,11 +22,12 @@ from app.clusters.schemas import (
 from app.core.body import json_body_openapi, parse_json, read_body, validate
 from app.core.deps import RoutingDep, ServicesDep, SessionDep, SettingsDep
 from app.core.errors import NotFound
+from app.core.limits import BODY_ERRORS, MAX_ID, NO_NUL, NOT_FOUND
 from app.labels.schemas import LabelUpdate, LabelUpdateAdapter
 
 router = APIRouter(prefix="/v1", tags=["clusters"])
 
-ClusterId = Annotated[int, Path(ge=1)]
+ClusterId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 @router.post(
@@ -50,8 +51,8 @@ async def request_run(request: Request, services: ServicesDep, session: SessionD
     return cluster_service.run_public(run)
 
 
-@router.get("/clusters/runs/{run_id}", response_model=RunPublic)
-def read_run(session: SessionDep, run_id: Annotated[int, Path(ge=1)]) -> RunPublic:
+@router.get("/clusters/runs/{run_id}", response_model=RunPublic, responses=NOT_FOUND)
+def read_run(session: SessionDep, run_id: Annotated[int, Path(ge=1, le=MAX_ID)]) -> RunPublic:
     """One clustering run: status, window, counts, timings, error."""
     run = session.get(ClusterRun, run_id)
     if run is None:
@@ -67,8 +68,8 @@ def list_clusters(
         Literal["UX", "CX", "none", "mixed"] | None,
         Query(description="the label that counts (a correction wins)"),
     ] = None,
-    team: Annotated[str | None, Query(max_length=128)] = None,
-    min_size: Annotated[int, Query(ge=1)] = 1,
+    team: Annotated[str | None, Query(max_length=128, pattern=NO_NUL)] = None,
+    min_size: Annotated[int, Query(ge=1, le=MAX_ID)] = 1,
     sort: Annotated[Literal["size", "growth", "negativity"], Query()] = "size",
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -81,13 +82,13 @@ def list_clusters(
     return ClustersPublic(data=data, count=count)
 
 
-@router.get("/clusters/{cluster_id}", response_model=ClusterPublic)
+@router.get("/clusters/{cluster_id}", response_model=ClusterPublic, responses=NOT_FOUND)
 def read_cluster(session: SessionDep, routing: RoutingDep, cluster_id: ClusterId) -> ClusterPublic:
     """One cluster with its weekly counts, representatives and labels."""
     return cluster_service.get_cluster(session, cluster_id=cluster_id, routing=routing)
 
 
-@router.get("/clusters/{cluster_id}/members", response_model=MembersPublic)
+@router.get("/clusters/{cluster_id}/members", response_model=MembersPublic, responses=NOT_FOUND)
 def list_members(
     session: SessionDep,
     cluster_id: ClusterId,
@@ -105,6 +106,7 @@ def list_members(
     "/clusters/{cluster_id}/merge",
     response_model=ClusterPublic,
     openapi_extra=json_body_openapi(MergeRequestAdapter, description="The cluster to merge into."),
+    responses=BODY_ERRORS,
 )
 async def merge_cluster(
     request: Request,
@@ -124,6 +126,7 @@ async def merge_cluster(
     "/clusters/{cluster_id}/label",
     response_model=ClusterPublic,
     openapi_extra=json_body_openapi(LabelUpdateAdapter, description="The corrected label."),
+    responses=BODY_ERRORS,
 )
 async def put_cluster_label(
     request: Request,
@@ -139,7 +142,7 @@ async def put_cluster_label(
     return cluster_service.get_cluster(session, cluster_id=cluster_id, routing=routing)
 
 
-@router.delete("/clusters/{cluster_id}/label", status_code=204)
+@router.delete("/clusters/{cluster_id}/label", status_code=204, responses=NOT_FOUND)
 def delete_cluster_label(session: SessionDep, cluster_id: ClusterId) -> Response:
     """Remove a cluster's correction."""
     cluster_service.clear_label(session, cluster_id=cluster_id)

@@ -116,7 +116,7 @@ class MergeRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    into: int = Field(ge=1, description="the cluster that absorbs this one")
+    into: int = Field(ge=1, le=2_147_483_647, description="the cluster that absorbs this one")
     author: str = Field(max_length=255)
 
 

@@ -54,11 +54,12 @@ async def read_body(request: Request, *, max_bytes: int) -> RawBody:
     return RawBody(data=b"".join(chunks), content_type=request.headers.get("content-type"))
 
 
-def _reject_constant(name: str) -> Any:
+def reject_constant(name: str) -> Any:
+    """`parse_constant` for json.loads: NaN and Infinity are not JSON."""
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _clean(value: Any) -> Any:
+def clean_json(value: Any) -> Any:
     """Drop NUL characters and lone surrogates, which no database column can store."""
     if isinstance(value, str):
         if "\x00" in value:
@@ -69,9 +70,9 @@ def _clean(value: Any) -> Any:
             value = value.encode("utf-8", "replace").decode("utf-8")
         return value
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [clean_json(v) for v in value]
     if isinstance(value, dict):
-        return {_clean(k): _clean(v) for k, v in value.items()}
+        return {clean_json(k): clean_json(v) for k, v in value.items()}
     return value
 
 
@@ -92,7 +93,7 @@ def parse_json(raw: RawBody) -> Any:
             code="invalid_utf8",
         ) from exc
     try:
-        return _clean(json.loads(text, parse_constant=_reject_constant))
+        return clean_json(json.loads(text, parse_constant=reject_constant))
     except json.JSONDecodeError as exc:
         raise MalformedBody(
             f"The request body is not valid JSON: {exc.msg} "
@@ -117,10 +118,20 @@ def validate(adapter: TypeAdapter[Any], data: Any) -> Any:
         ) from exc
 
 
-def json_body_openapi(adapter: TypeAdapter[Any], *, description: str = "") -> dict[str, Any]:
-    """`openapi_extra` documenting a JSON body that the route reads itself."""
-    schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
-    OPENAPI_SCHEMAS.update(schema.pop("$defs", {}))
+def validate_items(one: TypeAdapter[Any], many: TypeAdapter[Any], data: Any) -> list[Any]:
+    """One object or an array of them, validated against the shape the client sent, so errors
+    name `0.field` for an array and `field` for an object (not both union branches)."""
+    parsed = validate(many if isinstance(data, list) else one, data)
+    return list(parsed) if isinstance(parsed, list) else [parsed]
+
+
+def json_body_openapi(adapter: TypeAdapter[Any] | None, *, description: str = "") -> dict[str, Any]:
+    """`openapi_extra` documenting a JSON body that the route reads itself (None: any object)."""
+    if adapter is None:
+        schema: dict[str, Any] = {"type": "object"}
+    else:
+        schema = adapter.json_schema(ref_template="#/components/schemas/{model}")
+        OPENAPI_SCHEMAS.update(schema.pop("$defs", {}))
     return {
         "requestBody": {
             "required": True,

@@ -5,10 +5,13 @@ from __future__ import annotations
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from app.outbound.service import OutboundConfig
 
 PACKAGE_DIR = Path(__file__).resolve().parent.parent
 PROJECT_DIR = PACKAGE_DIR.parent
@@ -25,6 +28,8 @@ class Settings(BaseSettings):
     env: Literal["development", "production"] = "development"
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=1, le=65535)
+    # API processes sharing the port (`python -m app`); more than one wants external workers.
+    api_processes: int = Field(default=1, ge=1, le=64)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "text"
 
@@ -32,6 +37,27 @@ class Settings(BaseSettings):
     database_url: str = ""
     # Salt for hashing authors; in development one is generated and kept under data_dir.
     author_hash_salt: str = ""
+
+    # API keys accepted as `Authorization: Bearer <key>` on /v1 (comma-separated). Empty in
+    # development: one key is generated and kept under data_dir (printed by `python -m app`).
+    api_keys: str = ""
+
+    # Webhook secrets, one per helpdesk; a provider without one refuses every delivery (401).
+    zendesk_webhook_secret: str = ""
+    freshdesk_webhook_secret: str = ""
+    intercom_webhook_secret: str = ""
+    helpscout_webhook_secret: str = ""
+    front_webhook_secret: str = ""
+    generic_webhook_secret: str = ""
+    # Signed timestamps (Zendesk, Front) older or newer than this are refused as replays.
+    webhook_max_age_s: int = Field(default=300, ge=10)
+
+    # Outbound: every analysed ticket is POSTed here, signed with HMAC-SHA256 (empty: off).
+    outbound_webhook_url: str = ""
+    outbound_webhook_secret: str = ""
+    outbound_max_attempts: int = Field(default=8, ge=1, le=50)
+    outbound_backoff_s: float = Field(default=2.0, gt=0)
+    outbound_timeout_s: float = Field(default=5.0, gt=0)
 
     # Limits on what a request may carry.
     max_request_bytes: int = Field(default=5_000_000, ge=1_000)
@@ -66,6 +92,9 @@ class Settings(BaseSettings):
     worker_batch_size: int = Field(default=256, ge=1, le=2_000)
     worker_poll_interval_s: float = Field(default=1.0, gt=0)
     worker_max_attempts: int = Field(default=3, ge=1)
+    # CPU priority of a standalone worker process (`python -m app.worker`) next to the API
+    # processes on the same cores: idle (SCHED_IDLE: only time nothing else wants), nice, normal.
+    worker_priority: Literal["idle", "nice", "normal"] = "idle"
 
     @field_validator("database_url")
     @classmethod
@@ -78,6 +107,10 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{(self.data_dir / 'app.db').as_posix()}"
         if self.env == "production" and not self.author_hash_salt:
             raise ValueError("AUTHOR_HASH_SALT must be set when ENV=production")
+        if self.env == "production" and not self.api_keys.strip():
+            raise ValueError("API_KEYS must be set when ENV=production")
+        if self.outbound_webhook_url and not self.outbound_webhook_secret:
+            raise ValueError("OUTBOUND_WEBHOOK_SECRET must be set with OUTBOUND_WEBHOOK_URL")
         return self
 
     @property
@@ -97,6 +130,44 @@ class Settings(BaseSettings):
         path.write_text(salt)
         path.chmod(0o600)
         return salt
+
+    @property
+    def api_key_file(self) -> Path:
+        """Where the generated development API key is kept."""
+        return self.data_dir / "api_key"
+
+    def resolved_api_keys(self) -> tuple[str, ...]:
+        """The accepted API keys; in development without API_KEYS, one generated and kept."""
+        keys = tuple(k.strip() for k in self.api_keys.split(",") if k.strip())
+        if keys:
+            return keys
+        path = self.api_key_file
+        if path.exists() and path.read_text().strip():
+            return (path.read_text().strip(),)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key = "il_dev_" + secrets.token_urlsafe(24)
+        path.write_text(key)
+        path.chmod(0o600)
+        return (key,)
+
+    def outbound_config(self) -> OutboundConfig | None:
+        """The outbound webhook's settings, or None when OUTBOUND_WEBHOOK_URL is not set."""
+        if not self.outbound_webhook_url.strip():
+            return None
+        from app.outbound.service import OutboundConfig
+
+        return OutboundConfig(
+            url=self.outbound_webhook_url.strip(),
+            secret=self.outbound_webhook_secret,
+            max_attempts=self.outbound_max_attempts,
+            backoff_s=self.outbound_backoff_s,
+            timeout_s=self.outbound_timeout_s,
+        )
+
+    def webhook_secret(self, provider: str) -> str:
+        """The configured secret of a helpdesk provider ('' when none)."""
+        value: str = getattr(self, f"{provider}_webhook_secret", "")
+        return value.strip()
 
 
 @lru_cache

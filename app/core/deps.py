@@ -12,6 +12,7 @@ from sqlmodel import Session
 
 from app.core.config import Settings
 from app.enrich.queue import WorkSignal
+from app.ingest.batcher import StoreBatcher
 from app.ingest.sources import SourceRegistry
 from app.nlp.analyzer import Analyzer
 from app.routing.table import RoutingTable
@@ -28,10 +29,12 @@ class Services:
     sources: SourceRegistry
     signal: WorkSignal
     author_salt: str
+    api_keys: tuple[str, ...] = ()
+    batcher: StoreBatcher | None = None
 
 
-def get_services(request: Request) -> Services:
-    """The process's loaded services."""
+async def get_services(request: Request) -> Services:
+    """The process's loaded services (async: FastAPI runs it inline, not in a thread)."""
     services: Services = request.app.state.services
     return services
 
@@ -39,7 +42,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def get_settings_dep(services: ServicesDep) -> Settings:
+async def get_settings_dep(services: ServicesDep) -> Settings:
     """The settings the app was created with."""
     return services.settings
 
@@ -50,12 +53,12 @@ def get_session(services: ServicesDep) -> Iterator[Session]:
         yield session
 
 
-def get_analyzer(services: ServicesDep) -> Analyzer:
+async def get_analyzer(services: ServicesDep) -> Analyzer:
     """The loaded analysers."""
     return services.analyzer
 
 
-def get_routing(services: ServicesDep) -> RoutingTable:
+async def get_routing(services: ServicesDep) -> RoutingTable:
     """The routing table."""
     return services.routing
 

@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("app.errors")
@@ -18,6 +19,8 @@ class AppError(Exception):
 
     status_code = 400
     code = "bad_request"
+
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, code: str | None = None, details: Any = None) -> None:
         super().__init__(message)
@@ -46,6 +49,13 @@ class PayloadTooLarge(AppError):
 
     status_code = 413
     code = "payload_too_large"
+
+
+class Unauthorized(AppError):
+    """No credentials, or credentials that do not check out (API key, webhook signature)."""
+
+    status_code = 401
+    code = "unauthorized"
 
 
 class NotFound(AppError):
@@ -88,7 +98,9 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(AppError)
     async def _app_error(_: Request, exc: AppError) -> JSONResponse:
         return JSONResponse(
-            error_body(exc.code, exc.message, exc.details), status_code=exc.status_code
+            error_body(exc.code, exc.message, exc.details),
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -109,6 +121,23 @@ def install_error_handlers(app: FastAPI) -> None:
         code = codes.get(exc.status_code, "http_error")
         return JSONResponse(
             error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
+        )
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        # A value the database cannot hold (a NUL character, an integer out of range) that got
+        # past validation: the client's data, so a 422, never a 500.
+        log.warning(
+            "value refused by the database",
+            extra={"stage": "api", "path": request.url.path, "error": type(exc.orig).__name__},
+        )
+        return JSONResponse(
+            error_body(
+                "invalid_value",
+                "A value in the request cannot be stored or searched (for example a NUL "
+                "character or a number out of range); remove it and retry.",
+            ),
+            status_code=422,
         )
 
     @app.exception_handler(Exception)

@@ -2,7 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from app.core.errors import InvalidInput, PayloadTooLarge
+
+# The largest id a table holds (a 32-bit INTEGER on both databases): larger ids are refused as
+# invalid (422) instead of overflowing the database driver.
+MAX_ID = 2_147_483_647
+MAX_OFFSET = 10_000_000
+# A text query parameter may not carry NUL, which PostgreSQL text cannot hold.
+NO_NUL = r"^[^\x00]*$"
+# What an endpoint that takes a JSON body and an id may answer besides success.
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such resource."}}
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Body is not UTF-8 JSON."},
+    404: {"description": "No such resource."},
+    413: {"description": "Request or a text is over its limit."},
+    415: {"description": "Content-Type is not JSON."},
+    422: {"description": "A field is missing, of the wrong type, or not acceptable."},
+}
 
 
 def required_text(value: str, *, what: str, limit: int) -> str:

@@ -75,9 +75,11 @@ def write_results(
     versions: dict[str, str],
     max_attempts: int,
     assign_min_cosine: float | None = None,
+    outbound: bool = False,
 ) -> BatchOutcome:
     """Store analyses and mark tickets done, in the caller's transaction (the caller commits).
 
+    With `outbound`, each analysed ticket is queued for the outbound webhook.
     With `assign_min_cosine`, each analysed ticket also joins the nearest current cluster when
     its embedding is at least that similar to the cluster's centre."""
     outcome = BatchOutcome(claimed=len(claimed))
@@ -133,6 +135,12 @@ def write_results(
             .execution_options(synchronize_session=False)
         )
         session.add_all(rows)
+        if outbound:
+            from app.outbound.service import enqueue
+
+            # In the same transaction as the analysis: delivered later, never lost.
+            done = set(done_ids)
+            enqueue(session, [(item.id, item.revision) for item in claimed if item.id in done])
         session.flush()
         if assign_min_cosine is not None:
             from app.clusters.service import assign_tickets

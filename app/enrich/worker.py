@@ -36,6 +36,7 @@ class Worker:
         signal: WorkSignal | None = None,
         assign_min_cosine: float | None = 0.5,
         cluster_params: Any = None,
+        outbound: bool = False,
     ) -> None:
         self.engine = engine
         self.analyzer = analyzer
@@ -46,6 +47,7 @@ class Worker:
         self.signal = signal or WorkSignal()
         self.assign_min_cosine = assign_min_cosine
         self.cluster_params = cluster_params
+        self.outbound = outbound
         self._nlp: Any = None
         self._stop = threading.Event()
 
@@ -119,6 +121,7 @@ class Worker:
             versions=self.analyzer.versions,
             max_attempts=self.max_attempts,
             assign_min_cosine=self.assign_min_cosine,
+            outbound=self.outbound,
         )
         took = time.perf_counter() - start
         log.info(

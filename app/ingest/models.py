@@ -25,3 +25,17 @@ class RawDelivery(SQLModel, table=True):
     size_bytes: int
     payload: bytes | None = Field(default=None, sa_column=Column(LargeBinary, nullable=True))
     received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class WebhookEvent(SQLModel, table=True):
+    """A helpdesk event already stored: a redelivery of the same event id changes nothing.
+
+    Written in the same transaction as the tickets it produced, so an event is either fully
+    stored and recorded here, or neither."""
+
+    __tablename__ = "webhook_event"
+
+    provider: str = Field(max_length=32, primary_key=True)
+    event_id: str = Field(max_length=255, primary_key=True)
+    event: str = Field(max_length=128)
+    received_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -76,3 +76,71 @@ class IngestResponse(BaseModel):
     created: int
     updated: int
     unchanged: int
+
+
+class PostCreate(BaseModel):
+    """One social post (tweet/X, Reddit, app-store review, forum post) as a client sends it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    platform: str = Field(
+        min_length=1, max_length=64, description="twitter, x, reddit, app_store, forum, ..."
+    )
+    id: str = Field(min_length=1, max_length=255, description="the post's id on the platform")
+    text: str
+    title: str | None = Field(default=None, description="a review's or thread's title")
+    author: str | None = Field(
+        default=None, max_length=320, description="the handle; stored only as a salted hash"
+    )
+    url: str | None = Field(default=None, max_length=2_048, pattern=r"^https?://\S+$")
+    rating: float | None = Field(
+        default=None, ge=0, le=5, description="stars, where the platform has them (0-5)"
+    )
+    created_at: datetime | None = Field(default=None, description="when it was posted")
+    metadata: dict[str, Any] | None = None
+
+    @field_validator("id", mode="before")
+    @classmethod
+    def _id_as_text(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)
+        return v
+
+    @field_validator("platform")
+    @classmethod
+    def _normalise_platform(cls, v: str) -> str:
+        return v.strip().lower()
+
+    def to_ticket(self) -> TicketCreate:
+        """The post as a ticket of the social channel; url and rating go into its metadata."""
+        meta = dict(self.metadata or {})
+        if self.url is not None:
+            meta["url"] = self.url
+        if self.rating is not None:
+            meta["rating"] = self.rating
+        return TicketCreate(
+            source=self.platform,
+            external_id=self.id,
+            channel=Channel.social,
+            subject=self.title,
+            body=self.text,
+            author=self.author,
+            created_at=self.created_at,
+            metadata=meta or None,
+        )
+
+
+PostBatchAdapter: TypeAdapter[PostCreate | list[PostCreate]] = TypeAdapter(
+    PostCreate | list[PostCreate]
+)
+
+
+class WebhookResult(BaseModel):
+    """What a helpdesk delivery did: stored (new or changed), a repeat, or nothing to store."""
+
+    provider: str
+    event: str = Field(description="the provider's event name, e.g. ticket.created")
+    event_id: str = Field(description="the id deliveries are deduplicated on")
+    result: Literal["stored", "duplicate", "ignored"]
+    reason: str | None = Field(default=None, description="why an event was ignored")
+    tickets: list[IngestItemResult]

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Path, Request, Response
 
 from app.core.body import json_body_openapi, parse_json, read_body, validate
 from app.core.deps import RoutingDep, SessionDep, SettingsDep
+from app.core.limits import MAX_ID
 from app.labels import service as label_service
 from app.labels.schemas import LabelsCatalog, LabelUpdate, LabelUpdateAdapter
 from app.nlp.base import SUBCATEGORIES
@@ -32,7 +33,7 @@ async def put_ticket_label(
     session: SessionDep,
     settings: SettingsDep,
     routing: RoutingDep,
-    ticket_id: Annotated[int, Path(ge=1)],
+    ticket_id: Annotated[int, Path(ge=1, le=MAX_ID)],
 ) -> TicketPublic:
     """Correct a ticket's label; it wins over the model until removed."""
     raw = await read_body(request, max_bytes=settings.max_request_bytes)
@@ -46,7 +47,9 @@ async def put_ticket_label(
     status_code=204,
     responses={404: {"description": "No such ticket."}},
 )
-def delete_ticket_label(session: SessionDep, ticket_id: Annotated[int, Path(ge=1)]) -> Response:
+def delete_ticket_label(
+    session: SessionDep, ticket_id: Annotated[int, Path(ge=1, le=MAX_ID)]
+) -> Response:
     """Remove a correction: the model's label counts again."""
     label_service.clear_ticket_label(session, ticket_id=ticket_id)
     return Response(status_code=204)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 
 from app.core.deps import RoutingDep, SessionDep
+from app.core.limits import MAX_ID, NO_NUL, NOT_FOUND
 from app.nlp.base import UxCxLabel
 from app.tickets import service as ticket_service
 from app.tickets.models import AnalysisStatus, Channel
@@ -16,9 +17,9 @@ from app.tickets.schemas import TicketPublic, TicketsPublic
 router = APIRouter(prefix="/v1", tags=["tickets"])
 
 
-@router.get("/tickets/{ticket_id}", response_model=TicketPublic)
+@router.get("/tickets/{ticket_id}", response_model=TicketPublic, responses=NOT_FOUND)
 def read_ticket(
-    session: SessionDep, routing: RoutingDep, ticket_id: Annotated[int, Path(ge=1)]
+    session: SessionDep, routing: RoutingDep, ticket_id: Annotated[int, Path(ge=1, le=MAX_ID)]
 ) -> TicketPublic:
     """One ticket with its analysis and the label that counts (a correction wins)."""
     return ticket_service.get_ticket(session, ticket_id=ticket_id, routing=routing)
@@ -28,7 +29,7 @@ def read_ticket(
 def list_tickets(
     session: SessionDep,
     routing: RoutingDep,
-    source: Annotated[str | None, Query(max_length=64)] = None,
+    source: Annotated[str | None, Query(max_length=64, pattern=NO_NUL)] = None,
     channel: Channel | None = None,
     status: AnalysisStatus | None = None,
     label: Annotated[

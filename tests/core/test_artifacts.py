@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from app.core.config import Settings
 from app.main import create_app
 from app.nlp.sentiment import ArtifactError
+from tests.helpers import AUTH
 from tests.nlp.test_sentiment import _tiny_classifier
 
 
@@ -42,7 +43,7 @@ def test_hf_backend_through_triage(make_settings: Callable[..., Settings], tmp_p
     )
     settings = make_settings(sentiment_backend=f"hf:{path}")
     # Loaded from the setting at start-up, as a deployment would.
-    with TestClient(create_app(settings)) as c:
+    with TestClient(create_app(settings), headers=AUTH) as c:
         body = c.post("/v1/triage", json={"text": "The parcel is late. Thanks anyway."}).json()
     assert body["analysers"]["sentiment"] == "hf:tiny-sentiment"
     s = body["sentiment"]

@@ -18,6 +18,7 @@ from app.core.db import make_engine
 from app.main import create_app
 from app.migrate import alembic_config
 from app.nlp.analyzer import Analyzer
+from tests.helpers import AUTH
 
 
 def test_health_and_ready(client: TestClient) -> None:
@@ -31,7 +32,7 @@ def test_not_ready_when_database_unreachable(
     make_settings: Callable[..., Settings], analyzer: Analyzer
 ) -> None:
     settings = make_settings(database_url="postgresql+psycopg://nobody@127.0.0.1:1/none")
-    with TestClient(create_app(settings, analyzer=analyzer)) as c:
+    with TestClient(create_app(settings, analyzer=analyzer), headers=AUTH) as c:
         assert c.get("/healthz").status_code == 200
         r = c.get("/readyz")
         assert r.status_code == 503
@@ -55,7 +56,7 @@ def test_migrations_go_down_and_up(tmp_path: Path) -> None:
     command.upgrade(cfg, "head")
     engine = make_engine(url)
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0005"
+        assert MigrationContext.configure(conn).get_current_revision() == "0006"
     engine.dispose()
 
 

@@ -24,7 +24,7 @@ from app.main import create_app
 from app.nlp.analyzer import Analyzer, compose_text
 from app.routing.table import RoutingTable
 from app.tickets.models import Ticket, TicketAnalysis
-from tests.helpers import count_rows, tickets_by_status, wait_for
+from tests.helpers import AUTH, count_rows, tickets_by_status, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -193,7 +193,7 @@ def test_in_process_worker_analyses_new_tickets(
     make_settings: Callable[..., Settings], analyzer: Analyzer, engine: Engine
 ) -> None:
     settings = make_settings(worker_in_process=True, worker_poll_interval_s=5.0)
-    with TestClient(create_app(settings, analyzer=analyzer)) as c:
+    with TestClient(create_app(settings, analyzer=analyzer), headers=AUTH) as c:
         assert c.get("/readyz").json()["checks"]["worker"] == "ok"
         tid = ingest(c, [{"source": "email", "external_id": "w1", "body": "Where is my refund?"}])[
             0
@@ -263,3 +263,24 @@ def test_killed_worker_leaves_batch_pending_and_a_second_worker_finishes(
     assert second.returncode == 0, second.stdout + second.stderr
     assert tickets_by_status(engine) == {"done": n}
     assert count_rows(engine, "ticket_analysis") == n
+
+
+def test_standalone_worker_runs_below_the_api() -> None:
+    """WORKER_PRIORITY=idle: SCHED_IDLE, and a worker leading its own session lowers its
+    autogroup too (Linux shares the CPU between sessions before priorities count)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os; from pathlib import Path; from app.worker import lower_priority; "
+        "lower_priority('idle'); print(os.sched_getscheduler(0)); "
+        "print(Path('/proc/self/autogroup').read_text().strip())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+        start_new_session=True, check=True,
+    )  # fmt: skip
+    policy, autogroup = out.stdout.splitlines()
+    assert int(policy) == os.SCHED_IDLE
+    assert autogroup.endswith("nice 19")

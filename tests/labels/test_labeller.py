@@ -14,6 +14,7 @@ from app.core.config import DEFAULT_UXCX_ARTIFACT, Settings
 from app.main import create_app
 from app.nlp.analyzer import Analyzer
 from app.nlp.uxcx import ArtifactError, LinearUxCx
+from tests.helpers import AUTH
 
 # Clear cases, two per sub-category, written for this test (not in the training fixtures).
 CLEAR = [
@@ -138,7 +139,7 @@ def test_routing_table_change_changes_the_team(
         '[[route]]\nlabel = "CX"\nteam = "care"\n'
     )
     app = create_app(make_settings(routing_table=table), analyzer=analyzer)
-    with TestClient(app) as c:
+    with TestClient(app, headers=AUTH) as c:
         billing = c.post("/v1/triage", json={"text": CLEAR[10][2]}).json()
         assert billing["team"] == "finance-ops"
         late = c.post("/v1/triage", json={"text": CLEAR[9][2]}).json()
