@@ -65,6 +65,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     tu.add_argument("--no-overrides", action="store_true", help="ignore human corrections")
     tu.add_argument("--seed", type=int, default=0)
+    im = jobs.add_parser("import", help="bulk-load posts or tickets from a CSV or JSONL file")
+    im.add_argument("file", help="the .csv, .jsonl or .ndjson file")
+    im.add_argument("--kind", choices=["posts", "tickets"], default="posts")
+    im.add_argument("--format", default=None, help="csv or jsonl (default: from the extension)")
+    im.add_argument(
+        "--map",
+        action="append",
+        default=[],
+        metavar="FIELD=COLUMN",
+        help="read FIELD from COLUMN (a dotted path in JSONL); repeatable",
+    )
+    im.add_argument("--platform", default=None, help="posts: platform of rows without one")
+    im.add_argument("--source", default=None, help="tickets: source of rows without one")
+    im.add_argument(
+        "--extra-as-metadata", action="store_true", help="keep unmapped columns in metadata"
+    )
+    im.add_argument("--batch-size", type=int, default=500, help="rows per transaction")
+    im.add_argument(
+        "--checkpoint", default=None, help="checkpoint file (default: DATA_DIR/imports/...)"
+    )
+    im.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
+    im.add_argument("--rejects", default=None, help="write every rejected row here as JSONL")
+    im.add_argument("--database-url", default=None, help="default: DATABASE_URL")
+    im.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -81,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         args.database_url = args.database_url or settings.database_url
         train_uxcx.main(args)
         return 0
+    if args.job == "import":
+        from pipelines import import_file
+
+        return import_file.main(args, settings)
     engine = make_engine(settings.database_url)
     try:
         if args.job == "requeue":
