@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
 from app.tickets.models import Channel
+
+
+def _email_or_twitter_time(value: Any) -> Any:
+    """Times as e-mail headers (RFC 2822) and Twitter's API write them, as datetimes; anything
+    else is left for the ISO 8601 parser (and its error message)."""
+    if not isinstance(value, str) or not value[:1].isalpha():
+        return value
+    try:
+        return datetime.strptime(value.strip(), "%a %b %d %H:%M:%S %z %Y")  # Twitter
+    except ValueError:
+        pass
+    try:
+        return parsedate_to_datetime(value)  # "Tue, 31 Oct 2017 22:11:45 +0000"
+    except (TypeError, ValueError):
+        return value
 
 
 class TicketCreate(BaseModel):
@@ -26,7 +42,8 @@ class TicketCreate(BaseModel):
         default=None, max_length=320, description="stored only as a salted hash"
     )
     created_at: datetime | None = Field(
-        default=None, description="when it was written; default now"
+        default=None,
+        description="when it was written (ISO 8601, RFC 2822 or Twitter's format); default now",
     )
     metadata: dict[str, Any] | None = None
 
@@ -42,6 +59,11 @@ class TicketCreate(BaseModel):
     @classmethod
     def _normalise_source(cls, v: str) -> str:
         return v.strip().lower()
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _other_formats(cls, v: Any) -> Any:
+        return _email_or_twitter_time(v)
 
     @field_validator("created_at")
     @classmethod
@@ -96,7 +118,9 @@ class PostCreate(BaseModel):
     rating: float | None = Field(
         default=None, ge=0, le=5, description="stars, where the platform has them (0-5)"
     )
-    created_at: datetime | None = Field(default=None, description="when it was posted")
+    created_at: datetime | None = Field(
+        default=None, description="when it was posted (ISO 8601, RFC 2822 or Twitter's format)"
+    )
     metadata: dict[str, Any] | None = None
 
     @field_validator("id", mode="before")
@@ -110,6 +134,11 @@ class PostCreate(BaseModel):
     @classmethod
     def _normalise_platform(cls, v: str) -> str:
         return v.strip().lower()
+
+    @field_validator("created_at", mode="before")
+    @classmethod
+    def _other_formats(cls, v: Any) -> Any:
+        return _email_or_twitter_time(v)
 
     def to_ticket(self) -> TicketCreate:
         """The post as a ticket of the social channel; url and rating go into its metadata."""

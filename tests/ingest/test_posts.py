@@ -90,3 +90,16 @@ def test_bad_posts_are_refused_with_the_field_named(client: TestClient, engine: 
     r = client.post("/v1/posts", json=[POSTS[1], {**POSTS[2], "rating": -1}])
     assert r.status_code == 422 and "1.rating" in r.json()["message"]
     assert count_rows(engine, "ticket") == 0
+
+
+def test_twitter_and_email_times_are_read(client: TestClient, engine: Engine) -> None:
+    posts = [
+        {**POSTS[1], "id": "t1", "created_at": "Tue Oct 31 22:11:45 +0000 2017"},
+        {**POSTS[1], "id": "t2", "created_at": "Tue, 31 Oct 2017 22:11:45 +0200"},
+    ]
+    assert client.post("/v1/posts", json=posts).status_code == 202
+    with Session(engine) as s:
+        times = {t.external_id: t.created_at.isoformat() for t in s.exec(select(Ticket)).all()}
+    assert times == {"t1": "2017-10-31T22:11:45+00:00", "t2": "2017-10-31T20:11:45+00:00"}
+    r = client.post("/v1/posts", json={**POSTS[1], "id": "t3", "created_at": "last Tuesday"})
+    assert r.status_code == 422 and "created_at" in r.json()["message"]
