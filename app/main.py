@@ -23,6 +23,7 @@ from app.core.db import make_engine
 from app.core.deps import Services, ServicesDep
 from app.core.errors import error_body, install_error_handlers
 from app.core.logging import configure_logging
+from app.digests.router import router as digests_router
 from app.enrich.queue import WorkSignal
 from app.enrich.worker import Worker, start_in_thread
 from app.ingest.batcher import StoreBatcher
@@ -95,6 +96,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
                 assign_min_cosine=settings.cluster_assign_min_cosine,
                 outbound=settings.outbound_config() is not None,
             )
+                digest_settings=settings,
             thread = start_in_thread(worker)
         outbound = settings.outbound_config()
         sender: OutboundSender | None = None
@@ -141,6 +143,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     app.include_router(clusters_router, **keyed)
     app.include_router(outbound_router, **keyed)
     # Helpdesks authenticate by signing each delivery, not by API key.
+    app.include_router(digests_router, **keyed)
     app.include_router(webhooks_router)
 
     @app.get("/healthz", tags=["health"])

@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         max_attempts=settings.worker_max_attempts,
         assign_min_cosine=settings.cluster_assign_min_cosine,
         outbound=settings.outbound_config() is not None,
+        digest_settings=settings,
     )
     outbound = settings.outbound_config()
     sender = None

@@ -89,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
     im.add_argument("--rejects", default=None, help="write every rejected row here as JSONL")
     im.add_argument("--database-url", default=None, help="default: DATABASE_URL")
     im.add_argument("--quiet", action="store_true", help="no progress bar")
+    dg = jobs.add_parser("digest", help="write a weekly digest (json, md or html)")
+    dg.add_argument("--week", default=None, help="ISO week like 2026-W47 (default: last complete)")
+    dg.add_argument("--team", default=None, help="only this team's clusters")
+    dg.add_argument("--format", choices=["json", "md", "html"], default="md")
+    dg.add_argument("--out", default=None, help="file to write (default: stdout)")
+    dg.add_argument("--store", action="store_true", help="also keep it (GET /v1/digests)")
+    dg.add_argument("--database-url", default=None, help="default: DATABASE_URL")
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -105,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
         args.database_url = args.database_url or settings.database_url
         train_uxcx.main(args)
         return 0
+    if args.job == "digest":
+        from pipelines import digest
+
+        return digest.main(args, settings)
     if args.job == "import":
         from pipelines import import_file
 

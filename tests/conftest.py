@@ -31,6 +31,7 @@ FIXTURES = ROOT / "fixtures"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 TABLES = (
+    "digest",
     "outbound_delivery",
     "webhook_event",
     "cluster_member",

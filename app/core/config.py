@@ -59,6 +59,26 @@ class Settings(BaseSettings):
     outbound_backoff_s: float = Field(default=2.0, gt=0)
     outbound_timeout_s: float = Field(default=5.0, gt=0)
 
+    # Weekly digest delivery: a Slack incoming webhook and/or e-mail over SMTP (each empty: off),
+    # links back to the service at DIGEST_LINK_BASE, and the schedule on which the worker builds
+    # and sends the last complete week's digest (DIGEST_SCHEDULE_WEEKDAY empty: no schedule).
+    digest_slack_webhook_url: str = ""
+    digest_email_to: str = ""  # comma-separated
+    digest_email_from: str = "IssueLens <issuelens@localhost>"
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_username: str = ""  # empty: no login
+    smtp_password: str = ""
+    smtp_starttls: bool = False
+    digest_link_base: str = "http://127.0.0.1:8000"
+    digest_schedule_weekday: str = Field(
+        default="", pattern=r"^\s*((?i:mon|tue|wed|thu|fri|sat|sun)\s*)?$"
+    )
+    digest_schedule_hour: int = Field(default=8, ge=0, le=23)  # UTC
+    digest_schedule_teams: str = ""  # comma-separated; empty: one digest for all teams
+    digest_max_attempts: int = Field(default=5, ge=1, le=50)
+    digest_retry_backoff_s: float = Field(default=60.0, gt=0)
+
     # Limits on what a request may carry.
     max_request_bytes: int = Field(default=5_000_000, ge=1_000)
     max_body_chars: int = Field(default=20_000, ge=100)

@@ -6,17 +6,20 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from app.core.db import begin_write
+from app.core.db import begin_write, utcnow
 from app.enrich import queue
 from app.enrich import service as enrich_service
 from app.enrich.queue import WorkSignal
 from app.nlp.analyzer import Analyzer
 from app.routing.table import RoutingTable
+
+if TYPE_CHECKING:
+    from app.core.config import Settings
 
 log = logging.getLogger("app.worker")
 
@@ -37,6 +40,7 @@ class Worker:
         assign_min_cosine: float | None = 0.5,
         cluster_params: Any = None,
         outbound: bool = False,
+        digest_settings: Settings | None = None,
     ) -> None:
         self.engine = engine
         self.analyzer = analyzer
@@ -48,6 +52,8 @@ class Worker:
         self.assign_min_cosine = assign_min_cosine
         self.cluster_params = cluster_params
         self.outbound = outbound
+        self.digest_settings = digest_settings
+        self._digest_checked_at: float | None = None
         self._nlp: Any = None
         self._stop = threading.Event()
 
@@ -67,6 +73,22 @@ class Worker:
             cluster_run.execute_run(self.engine, run_id, nlp=self._nlp, params=self.cluster_params)
             done += 1
         return done
+
+    def run_digest_schedule(self) -> list[int]:
+        """Build and send the scheduled weekly digest when due (looked at once a minute)."""
+        if self.digest_settings is None:
+            return []
+        now = time.monotonic()
+        if self._digest_checked_at is not None and now - self._digest_checked_at < 60:
+            return []
+        self._digest_checked_at = now
+        from app.digests import schedule
+
+        try:
+            return schedule.run_schedule(self.engine, self.digest_settings, self.routing, utcnow())
+        except Exception:  # noqa: BLE001 - retried next minute; keep the worker alive
+            log.exception("digest schedule error", extra={"stage": "digest"})
+            return []
 
     def run_once(self) -> enrich_service.BatchOutcome:
         """Claim, analyse and store one batch; returns its counts (claimed 0 when idle)."""
@@ -170,6 +192,7 @@ class Worker:
                         continue
                 except Exception:  # noqa: BLE001 - recorded on the run; keep the worker alive
                     log.exception("cluster run error", extra={"stage": "cluster"})
+                self.run_digest_schedule()
                 self.signal.wait(self.poll_interval_s)
         log.info("worker stopped", extra={"stage": "enrich"})
 

@@ -6,6 +6,7 @@ from alembic import context
 from sqlmodel import SQLModel
 
 import app.clusters.models  # noqa: F401
+import app.digests.models  # noqa: F401
 import app.ingest.models  # noqa: F401  (registers tables on SQLModel.metadata)
 import app.labels.models  # noqa: F401
 import app.outbound.models  # noqa: F401

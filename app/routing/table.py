@@ -63,6 +63,14 @@ class RoutingTable:
             raise ValueError(f"ROUTING_TABLE {path}: default_team must be a string")
         return cls(routes, default_team=default or None)
 
+    @property
+    def teams(self) -> list[str]:
+        """Every team a route or the default names, sorted."""
+        names = {r.team for r in self.routes if r.team}
+        if self.default_team:
+            names.add(self.default_team)
+        return sorted(names)
+
     def team_for(self, label: str | None, subcategory: str | None = None) -> str | None:
         """The team for a label and sub-category; None when there is nothing to route."""
         if label is None:
