@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 # Extra pip arguments for torch only (the Dockerfile points them at the CPU wheel index).
 TORCH_PIP_ARGS ?=
 
-.PHONY: install install-test migrate run worker test lint bench clean
+.PHONY: install install-test migrate run worker test lint bench demo clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,3 +60,23 @@ bench: $(VENV)/.installed-test
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+## demo: a fresh var/demo/demo.db with 8 weeks of generated tickets and posts (fixtures/demo), imported, analysed and clustered, and the last complete week's digest as var/demo/digest.{json,md,html}
+demo: export DATABASE_URL := sqlite:///var/demo/demo.db
+demo: export DATA_DIR := var/demo
+demo: export WORKER_PRIORITY := normal
+demo: $(VENV)/.installed
+	rm -rf var/demo
+	mkdir -p var/demo
+	$(PY) -m app.migrate upgrade head
+	$(PY) fixtures/demo/generate.py --end-week last --seed 7 --out var/demo > var/demo/week
+	$(PY) -m pipelines import var/demo/tickets.jsonl --kind tickets --quiet
+	$(PY) -m pipelines import var/demo/posts.jsonl --kind posts --quiet
+	$(PY) -m app.worker --once
+	$(PY) -m pipelines cluster --window-days 63
+	for format in json md html; do \
+		$(PY) -m pipelines digest --week $$(cat var/demo/week) --format $$format \
+			--out var/demo/digest.$$format || exit 1; \
+	done
+	@echo "demo: database $$DATABASE_URL; data and plan of the planted issues in var/demo/"
+	@echo "demo: digest of $$(cat var/demo/week): var/demo/digest.json var/demo/digest.md var/demo/digest.html"
+
