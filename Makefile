@@ -21,6 +21,10 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 
 $(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
 	$(PIP) install --quiet -e '.[test]'
+	# Debian's Chromium for the browser tests (Playwright drives it; no browser download).
+	command -v chromium >/dev/null || apt-get install -y -qq chromium \
+		|| (apt-get update -qq && apt-get install -y -qq chromium) \
+		|| echo "install Debian's chromium for tests/web/test_browser.py"
 	touch $@
 
 ## install: create or update .venv with the service's dependencies
@@ -58,8 +62,6 @@ lint: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) bench/triage.py
 
-clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
 ## demo: a fresh var/demo/demo.db with 8 weeks of generated tickets and posts (fixtures/demo), imported, analysed and clustered, and the last complete week's digest as var/demo/digest.{json,md,html}
 demo: export DATABASE_URL := sqlite:///var/demo/demo.db
 demo: export DATA_DIR := var/demo
@@ -80,3 +82,5 @@ demo: $(VENV)/.installed
 	@echo "demo: database $$DATABASE_URL; data and plan of the planted issues in var/demo/"
 	@echo "demo: digest of $$(cat var/demo/week): var/demo/digest.json var/demo/digest.md var/demo/digest.html"
 
+clean:
+	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache

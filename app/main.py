@@ -38,6 +38,7 @@ from app.outbound.service import OutboundSender
 from app.routing.table import RoutingTable
 from app.tickets.router import router as tickets_router
 from app.triage.router import router as triage_router
+from app.web.router import router as web_router
 
 log = logging.getLogger("app.main")
 
@@ -95,8 +96,8 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
                 signal=services.signal,
                 assign_min_cosine=settings.cluster_assign_min_cosine,
                 outbound=settings.outbound_config() is not None,
-            )
                 digest_settings=settings,
+            )
             thread = start_in_thread(worker)
         outbound = settings.outbound_config()
         sender: OutboundSender | None = None
@@ -142,9 +143,10 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     app.include_router(triage_router, **keyed)
     app.include_router(clusters_router, **keyed)
     app.include_router(outbound_router, **keyed)
-    # Helpdesks authenticate by signing each delivery, not by API key.
     app.include_router(digests_router, **keyed)
+    # Helpdesks authenticate by signing each delivery, not by API key.
     app.include_router(webhooks_router)
+    app.include_router(web_router)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
