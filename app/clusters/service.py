@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,6 +26,8 @@ from app.routing.table import RoutingTable
 from app.tickets.models import Ticket
 from app.tickets.schemas import LabelPublic
 from app.tickets.service import override_label
+
+log = logging.getLogger("app.clusters")
 
 SORTS = ("size", "growth", "negativity")
 
@@ -263,13 +266,25 @@ class ClusterIndex:
 
     @classmethod
     def load(cls, session: Session) -> ClusterIndex:
+        """The active clusters' centres (those of the current encoder's width: see `nearest`)."""
         rows = session.exec(select(Cluster).where(col(Cluster.active).is_(True))).all()
+        vectors = [np.frombuffer(c.centroid, dtype="<f4") for c in rows]
         if not rows:
             return cls([], [], np.zeros((0, 0), np.float32))
+        # Clusters made with another encoder (another width) cannot be compared: keep the width
+        # most clusters have; `nearest` also checks it against the texts' embeddings.
+        widths = [len(v) for v in vectors]
+        width = max(set(widths), key=lambda w: (widths.count(w), w))
+        keep = [i for i, w in enumerate(widths) if w == width]
+        if len(keep) < len(rows):
+            log.warning(
+                "clusters of another embedding width ignored; run clustering again",
+                extra={"stage": "cluster", "ignored": len(rows) - len(keep), "width": width},
+            )
         return cls(
-            [int(c.id or 0) for c in rows],
-            [c.title for c in rows],
-            np.stack([np.frombuffer(c.centroid, dtype="<f4") for c in rows]),
+            [int(rows[i].id or 0) for i in keep],
+            [rows[i].title for i in keep],
+            np.stack([vectors[i] for i in keep]),
         )
 
     def nearest(
@@ -277,6 +292,16 @@ class ClusterIndex:
     ) -> list[tuple[int, str, float] | None]:
         """(cluster id, title, cosine) of the nearest centre per row, when close enough."""
         if not self.ids or embeddings.size == 0:
+            return [None] * len(embeddings)
+        if embeddings.shape[1] != self.centroids.shape[1]:
+            log.warning(
+                "clusters were made with another encoder; run clustering again",
+                extra={
+                    "stage": "cluster",
+                    "cluster_width": int(self.centroids.shape[1]),
+                    "embedding_width": int(embeddings.shape[1]),
+                },
+            )
             return [None] * len(embeddings)
         sims = embeddings @ self.centroids.T
         best = sims.argmax(axis=1)

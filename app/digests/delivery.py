@@ -31,7 +31,7 @@ from app.core.config import Settings
 from app.core.db import begin_write, utcnow
 from app.core.errors import InvalidInput, NotFound
 from app.digests.models import StoredDigest
-from app.digests.render import render_text
+from app.digests.render import growth_text, pct, render_text
 from app.digests.schemas import Digest, DigestCluster
 
 log = logging.getLogger("app.digests")
@@ -62,18 +62,6 @@ def slack_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _pct(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value * 100:+.0f}%" if signed else f"{value * 100:.0f}%"
-
-
-def _growth(c: DigestCluster) -> str:
-    if c.growth is None:
-        return "new volume" if c.count else "-"
-    return f"{c.growth:.1f}x its 4-week mean"
-
-
 def _scope(digest: Digest) -> str:
     return f" · team {digest.team}" if digest.team else ""
 
@@ -82,7 +70,7 @@ def _cluster_line(c: DigestCluster) -> str:
     title = slack_escape((c.title or "untitled")[:150])
     return (
         f"• *{title}* · {slack_escape(c.label)} · {slack_escape(c.team)} · "
-        f"{c.count} this week · {_growth(c)}"
+        f"{c.count} this week · {growth_text(c)}"
     )
 
 
@@ -97,9 +85,9 @@ def slack_message(digest: Digest, link: str) -> dict[str, Any]:
     h = digest.headline
     header = f"Weekly issues digest {digest.week}{_scope(digest)}"
     numbers = (
-        f"*{h.messages}* messages ({_pct(h.change, signed=True)} vs {h.previous_messages} the "
-        f"week before) · *{_pct(h.negative_share)}* negative\n"
-        f"UX {_pct(h.ux_share)} · CX {_pct(h.cx_share)} · no problem {_pct(h.none_share)} · "
+        f"*{h.messages}* messages ({pct(h.change, signed=True)} vs {h.previous_messages} the "
+        f"week before) · *{pct(h.negative_share)}* negative\n"
+        f"UX {pct(h.ux_share)} · CX {pct(h.cx_share)} · no problem {pct(h.none_share)} · "
         f"{len(digest.rising)} rising, {len(digest.new)} new"
     )
     blocks: list[dict[str, Any]] = [
@@ -133,8 +121,8 @@ def slack_message(digest: Digest, link: str) -> dict[str, Any]:
         },
     ]
     fallback = (
-        f"{slack_escape(header)}: {h.messages} messages ({_pct(h.change, signed=True)}), "
-        f"{_pct(h.negative_share)} negative. Read the full digest: <{link}>"
+        f"{slack_escape(header)}: {h.messages} messages ({pct(h.change, signed=True)}), "
+        f"{pct(h.negative_share)} negative. Read the full digest: <{link}>"
     )
     return {"text": fallback, "blocks": blocks}
 

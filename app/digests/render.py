@@ -11,13 +11,15 @@ LABEL_COLOURS = {"UX": "#3b6fd4", "CX": "#d9822b", "none": "#9aa5b1", "mixed": "
 UNLABELLED = "#d8dde3"
 
 
-def _pct(value: float | None, signed: bool = False) -> str:
+def pct(value: float | None, signed: bool = False) -> str:
+    """A share as a whole percentage (`signed`: with its sign); n/a for none."""
     if value is None:
         return "n/a"
     return f"{value * 100:+.0f}%" if signed else f"{value * 100:.0f}%"
 
 
-def _growth(c: DigestCluster) -> str:
+def growth_text(c: DigestCluster) -> str:
+    """How this week compares with the 4 weeks before, in words."""
     if c.growth is None:
         return "new volume" if c.count else "-"
     return f"{c.growth:.1f}x its 4-week mean ({c.previous_mean:g}/week)"
@@ -35,8 +37,8 @@ def _spark_text(values: list[int]) -> str:
 def _md_cluster(c: DigestCluster) -> list[str]:
     lines = [
         f"**{c.title or 'untitled'}** (#{c.id}) · {c.label} · {c.team} · "
-        f"{c.count} this week · {_growth(c)} · trend `{_spark_text(c.trend)}` · "
-        f"negative {_pct(c.negative_share)}",
+        f"{c.count} this week · {growth_text(c)} · trend `{_spark_text(c.trend)}` · "
+        f"negative {pct(c.negative_share)}",
     ]
     if c.key_phrases:
         lines.append(f"  key phrases: {', '.join(c.key_phrases)}")
@@ -55,16 +57,16 @@ def render_markdown(d: Digest) -> str:
         f"{d.start:%d %b %Y} to {d.end:%d %b %Y} (UTC). "
         f"Generated {d.generated_at:%Y-%m-%d %H:%M} UTC.",
         "",
-        f"- **{h.messages}** messages ({_pct(h.change, signed=True)} vs {h.previous_messages} "
+        f"- **{h.messages}** messages ({pct(h.change, signed=True)} vs {h.previous_messages} "
         "the week before)",
-        f"- **{_pct(h.negative_share)}** negative",
-        f"- UX {_pct(h.ux_share)} · CX {_pct(h.cx_share)} · no problem {_pct(h.none_share)}",
+        f"- **{pct(h.negative_share)}** negative",
+        f"- UX {pct(h.ux_share)} · CX {pct(h.cx_share)} · no problem {pct(h.none_share)}",
         "",
         "| week | messages | UX | CX | none | negative |",
         "|---|---|---|---|---|---|",
     ]
     out += [
-        f"| {w.week} | {w.messages} | {w.ux} | {w.cx} | {w.none} | {_pct(w.negative_share)} |"
+        f"| {w.week} | {w.messages} | {w.ux} | {w.cx} | {w.none} | {pct(w.negative_share)} |"
         for w in d.weekly
     ]
     sections = [
@@ -170,9 +172,9 @@ def _svg_sentiment(weeks: list[DigestWeek]) -> str:
             y = height - pad - v * (height - 2 * pad)
             parts.append(
                 f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="#c0392b">'
-                f"<title>{escape(w.week)}: {_pct(v)} negative</title></circle>"
+                f"<title>{escape(w.week)}: {pct(v)} negative</title></circle>"
                 f'<text x="{x:.1f}" y="{y - 6:.1f}" font-size="10" text-anchor="middle" '
-                f'fill="#622">{_pct(v)}</text>'
+                f'fill="#622">{pct(v)}</text>'
             )
     for i, w in enumerate(weeks):
         x = pad + i * (width - 2 * pad) / max(len(weeks) - 1, 1)
@@ -241,9 +243,9 @@ def _html_cluster(c: DigestCluster, link: str | None) -> str:
         f'<div class="meta"><span class="badge" style="background:{colour}">'
         f"{escape(c.label)}</span> "
         f"{escape(c.team)} · {phrases}</div>{quotes}</td>"
-        f'<td class="num"><b>{c.count}</b><div class="meta">{escape(_growth(c))}</div></td>'
+        f'<td class="num"><b>{c.count}</b><div class="meta">{escape(growth_text(c))}</div></td>'
         f"<td>{sparkline_svg(c.trend, colour)}</td>"
-        f'<td class="num">{_pct(c.negative_share)}</td></tr>'
+        f'<td class="num">{pct(c.negative_share)}</td></tr>'
     )
 
 
@@ -281,11 +283,11 @@ def render_html(d: Digest, *, link: str | None = None) -> str:
     h = d.headline
     scope = f" · team {escape(d.team)}" if d.team else ""
     kpis = (
-        f'<div class="kpi"><b>{h.messages}</b>messages ({_pct(h.change, signed=True)} vs '
+        f'<div class="kpi"><b>{h.messages}</b>messages ({pct(h.change, signed=True)} vs '
         f"{h.previous_messages})</div>"
-        f'<div class="kpi"><b>{_pct(h.negative_share)}</b>negative</div>'
-        f'<div class="kpi"><b>{_pct(h.ux_share)} / {_pct(h.cx_share)}</b>UX / CX '
-        f"(no problem {_pct(h.none_share)})</div>"
+        f'<div class="kpi"><b>{pct(h.negative_share)}</b>negative</div>'
+        f'<div class="kpi"><b>{pct(h.ux_share)} / {pct(h.cx_share)}</b>UX / CX '
+        f"(no problem {pct(h.none_share)})</div>"
         f'<div class="kpi"><b>{len(d.rising)} / {len(d.new)}</b>rising / new issues</div>'
     )
     by_id = {c.id: c for c in [*d.top, *d.rising, *d.new]}

@@ -33,7 +33,7 @@ from app.core.errors import AppError, InvalidInput, NotFound, validation_details
 from app.core.limits import MAX_ID
 from app.digests import service as digest_service
 from app.digests.models import StoredDigest
-from app.digests.render import LABEL_COLOURS, UNLABELLED, sparkline_svg
+from app.digests.render import LABEL_COLOURS, UNLABELLED, pct, sparkline_svg
 from app.digests.schemas import Digest
 from app.digests.weeks import IsoWeek
 from app.labels.schemas import LabelUpdateAdapter
@@ -61,12 +61,6 @@ SECURITY_HEADERS = {
 }
 
 
-def _pct(value: float | None, signed: bool = False) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value * 100:+.0f}%" if signed else f"{value * 100:.0f}%"
-
-
 def _when(value: datetime | None) -> str:
     return f"{value:%Y-%m-%d %H:%M}" if value is not None else "-"
 
@@ -87,7 +81,7 @@ _env = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_env.globals.update(pct=_pct, when=_when, sparkline=_sparkline, colour=_colour)
+_env.globals.update(pct=pct, when=_when, sparkline=_sparkline, colour=_colour)
 templates = Jinja2Templates(env=_env)
 
 

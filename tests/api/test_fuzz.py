@@ -6,14 +6,11 @@ never be a 5xx."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import schemathesis
-import uvicorn
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from sqlalchemy.exc import DataError
@@ -21,8 +18,7 @@ from sqlalchemy.exc import DataError
 from app.core.config import Settings
 from app.main import create_app
 from app.nlp.analyzer import Analyzer
-from app.serve import bind_tcp
-from tests.helpers import API_KEY, AUTH
+from tests.helpers import API_KEY, AUTH, serve_in_thread
 
 EXAMPLES = 25
 
@@ -45,19 +41,8 @@ def live_server(
         api_keys=API_KEY,
         generic_webhook_secret="fuzz-secret",
     )
-    app = create_app(app_settings, analyzer=analyzer)
-    sock = bind_tcp("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the fuzz server did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(create_app(app_settings, analyzer=analyzer)) as url:
+        yield url
 
 
 def _operations() -> list[tuple[str, str]]:

@@ -7,11 +7,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from app.clusters.models import Cluster
 from app.enrich.worker import Worker
 from app.nlp.evidence import load_spacy
 from tests.helpers import count_rows
@@ -222,3 +224,16 @@ def test_pipelines_cluster_job(
     assert "cluster run 1: done" in out and '"messages": 200' in out
     assert client.get("/v1/clusters/runs/1").json()["window_days"] == 30
     assert len(_clusters(client)) >= 3
+
+
+def test_clusters_of_another_encoder_are_ignored_not_a_500(
+    client: TestClient, engine: Engine
+) -> None:
+    """Found by the API fuzzer: clusters whose centres have another width (made by another
+    encoder, before EMBEDDER_PATH changed) made triage fail with a matmul error."""
+    with Session(engine) as s:
+        s.add(Cluster(title="old encoder", size=3, centroid=np.ones(4, "<f4").tobytes()))
+        s.commit()
+    r = client.post("/v1/triage", json={"text": "The app crashes when I log in"})
+    assert r.status_code == 200 and r.json()["cluster"] is None
+    assert r.json()["uxcx"]["label"] == "UX"

@@ -9,13 +9,10 @@ from a file and screenshotted: to $DIGEST_SCREENSHOT when set, else into the tes
 from __future__ import annotations
 
 import os
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from playwright.sync_api import Page, expect, sync_playwright
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -27,9 +24,8 @@ from app.digests.render import render_html
 from app.main import create_app
 from app.nlp.analyzer import Analyzer
 from app.routing.table import RoutingTable
-from app.serve import bind_tcp
 from tests.digests.test_digest import PLAN, WEEK, _plant
-from tests.helpers import API_KEY
+from tests.helpers import API_KEY, serve_in_thread
 
 CHROMIUM = Path("/usr/bin/chromium")
 
@@ -37,19 +33,8 @@ CHROMIUM = Path("/usr/bin/chromium")
 @pytest.fixture
 def live_server(settings: Settings, analyzer: Analyzer) -> Iterator[str]:
     """The service on a free loopback port (uvicorn in a thread), on the test database."""
-    app = create_app(settings, analyzer=analyzer)
-    sock = bind_tcp("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "the web server did not start"
-    yield f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(timeout=30)
+    with serve_in_thread(create_app(settings, analyzer=analyzer)) as url:
+        yield url
 
 
 @pytest.fixture
