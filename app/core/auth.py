@@ -22,13 +22,17 @@ async def require_api_key(
     """Refuse the request (401) unless it carries one of the configured API keys."""
     if credentials is None:
         raise _unauthorized("Send an API key as 'Authorization: Bearer <key>'.", "missing_api_key")
-    given = credentials.credentials.encode()
-    # Compare with every key in constant time, so timing says nothing about which was close.
-    matched = False
-    for key in services.api_keys:
-        matched |= hmac.compare_digest(given, key.encode())
-    if not matched:
+    if not matches_any(credentials.credentials, services.api_keys):
         raise _unauthorized("The API key is not valid.", "invalid_api_key")
+
+
+def matches_any(given: str, keys: tuple[str, ...]) -> bool:
+    """True when `given` equals one of `keys`; every key is compared, in constant time, so
+    timing says nothing about which was close."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(given.encode(), key.encode())
+    return matched
 
 
 def _unauthorized(message: str, code: str) -> Unauthorized:

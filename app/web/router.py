@@ -26,6 +26,7 @@ from sqlmodel import Session, col, select
 
 from app.clusters import service as cluster_service
 from app.clusters.schemas import ClusterPublic
+from app.core.auth import matches_any
 from app.core.body import read_body
 from app.core.db import utcnow
 from app.core.deps import ServicesDep, SessionDep
@@ -93,22 +94,11 @@ def _session_token(key: str) -> str:
     return hmac.new(key.encode(), b"issuelens web session v1", hashlib.sha256).hexdigest()
 
 
-def _key_is_valid(given: str, keys: tuple[str, ...]) -> bool:
-    # Compare with every key in constant time, like app.core.auth.
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(given.encode(), key.encode())
-    return matched
-
-
 def _signed_in(request: Request, keys: tuple[str, ...]) -> bool:
     cookie = request.cookies.get(COOKIE)
     if not cookie:
         return False
-    matched = False
-    for key in keys:
-        matched |= hmac.compare_digest(cookie.encode(), _session_token(key).encode())
-    return matched
+    return matches_any(cookie, tuple(_session_token(key) for key in keys))
 
 
 def _to_login() -> RedirectResponse:
@@ -154,7 +144,7 @@ async def login(request: Request, services: ServicesDep) -> Response:
         )
     if not key:
         error = "Enter an API key (one of the service's API_KEYS)."
-    elif not _key_is_valid(key, services.api_keys):
+    elif not matches_any(key, services.api_keys):
         error = "That API key is not valid."
     else:
         response = RedirectResponse("/", status_code=303)
