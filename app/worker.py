@@ -13,12 +13,7 @@ import signal
 from pathlib import Path
 
 from app.core.config import get_settings
-from app.core.db import make_engine
 from app.core.logging import configure_logging
-from app.enrich.worker import Worker
-from app.nlp.loader import load_analyzer
-from app.outbound.service import OutboundSender
-from app.routing.table import RoutingTable
 
 log = logging.getLogger("app.worker")
 
@@ -54,6 +49,14 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
     lower_priority(settings.worker_priority)
+    # Imported after lowering the priority: loading torch and the models is a few seconds of
+    # CPU that must not compete with the API processes either.
+    from app.core.db import make_engine
+    from app.enrich.worker import Worker
+    from app.nlp.loader import load_analyzer
+    from app.outbound.service import OutboundSender
+    from app.routing.table import RoutingTable
+
     engine = make_engine(settings.database_url)
     worker = Worker(
         engine=engine,
