@@ -50,12 +50,7 @@ def resolve(
 ) -> tuple[IsoWeek, str | None]:
     """The week (default: the last complete one) and a team the routing table knows."""
     iso = IsoWeek.parse(week) if week else IsoWeek.last_complete(utcnow())
-    if team is not None and team not in routing.teams:
-        raise InvalidInput(
-            f"team {team!r} is not in the routing table; teams: {', '.join(routing.teams)}.",
-            code="unknown_team",
-        )
-    return iso, team
+    return iso, digest_service.check_team(team, routing)
 
 
 def _as(fmt: Format, digest: Digest, markdown: str, html: str) -> Response:

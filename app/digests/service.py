@@ -14,6 +14,7 @@ from sqlmodel import Session, col
 from app.clusters.models import Cluster, ClusterLabel, ClusterMember
 from app.clusters.service import effective_label as cluster_label
 from app.core.db import utcnow
+from app.core.errors import InvalidInput
 from app.digests.models import StoredDigest
 from app.digests.schemas import (
     Digest,
@@ -210,6 +211,16 @@ def _public(
         first_seen=stats.cluster.first_seen,
         quotes=_quotes(session, stats.this_week) if count else [],
     )
+
+
+def check_team(team: str | None, routing: RoutingTable) -> str | None:
+    """`team` when the routing table knows it (None stays None); 422 naming the teams if not."""
+    if team and team not in routing.teams:
+        raise InvalidInput(
+            f"team {team!r} is not in the routing table; teams: {', '.join(routing.teams)}.",
+            code="unknown_team",
+        )
+    return team or None
 
 
 def build_digest(

@@ -173,12 +173,7 @@ def logout() -> Response:
 
 def _resolve(week: str, team: str, routing: RoutingTable) -> tuple[IsoWeek | None, str | None]:
     iso = IsoWeek.parse(week) if week else None
-    if team and team not in routing.teams:
-        raise InvalidInput(
-            f"team {team!r} is not in the routing table; teams: {', '.join(routing.teams)}.",
-            code="unknown_team",
-        )
-    return iso, team or None
+    return iso, digest_service.check_team(team, routing)
 
 
 def _pick_digest(
