@@ -65,6 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     tu.add_argument("--no-overrides", action="store_true", help="ignore human corrections")
     tu.add_argument("--seed", type=int, default=0)
+    ex = jobs.add_parser(
+        "export-onnx", help="export the encoder and sentiment branch to ONNX (models/onnx)"
+    )
+    ex.add_argument("--out", default=None, help="artifact folder (default: ONNX_ARTIFACT)")
+    ex.add_argument(
+        "--precision",
+        choices=["int8", "fp32", "all"],
+        default="int8",
+        help="int8 (ENCODER_BACKEND=onnx-int8, committed), fp32 (onnx, 90 MB) or all",
+    )
+    ex.add_argument(
+        "--sentiment-artifact", default=None, help="default: SENTIMENT_ARTIFACT"
+    )
+    ex.add_argument("--fixtures", default="fixtures/uxcx", help="calibration and check texts")
+    ex.add_argument("--calibration-texts", type=int, default=600)
+    ex.add_argument("--alpha", type=float, default=0.7, help="SmoothQuant migration strength")
+    ex.add_argument("--version", default=None, help="version name (default: the folder name)")
     im = jobs.add_parser("import", help="bulk-load posts or tickets from a CSV or JSONL file")
     im.add_argument("file", help="the .csv, .jsonl or .ndjson file")
     im.add_argument("--kind", choices=["posts", "tickets"], default="posts")
@@ -111,6 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         args.out = args.out or str(settings.uxcx_artifact)
         args.database_url = args.database_url or settings.database_url
         train_uxcx.main(args)
+        return 0
+    if args.job == "export-onnx":
+        from pipelines import export_onnx
+
+        args.out = args.out or str(settings.onnx_artifact)
+        args.sentiment_artifact = args.sentiment_artifact or str(settings.sentiment_artifact)
+        export_onnx.main(args)
         return 0
     if args.job == "digest":
         from pipelines import digest

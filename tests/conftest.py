@@ -22,6 +22,7 @@ from app.enrich.worker import Worker
 from app.main import create_app
 from app.migrate import alembic_config
 from app.nlp.analyzer import Analyzer
+from app.nlp.embedder import TransformerEmbedder
 from app.nlp.loader import load_analyzer
 from app.routing.table import RoutingTable
 from tests.helpers import API_KEY, AUTH
@@ -61,8 +62,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 @pytest.fixture(scope="session")
 def analyzer() -> Analyzer:
-    """The real analysers (all-MiniLM-L6-v2, VADER, prototypes, py3langid), loaded once."""
+    """The real analysers with the default settings (the int8 ONNX encoder and branch, the
+    trained sentiment and UX/CX artifacts, py3langid), loaded once."""
     return load_analyzer(Settings(_env_file=None))  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def torch_embedder() -> TransformerEmbedder:
+    """The encoder on PyTorch fp32: the reference every other backend is measured against."""
+    return TransformerEmbedder()
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 if TYPE_CHECKING:
@@ -18,6 +18,7 @@ PROJECT_DIR = PACKAGE_DIR.parent
 DEFAULT_ROUTING_TABLE = PACKAGE_DIR / "routing" / "default.toml"
 DEFAULT_SENTIMENT_ARTIFACT = PROJECT_DIR / "models" / "sentiment" / "v1"
 DEFAULT_UXCX_ARTIFACT = PROJECT_DIR / "models" / "uxcx" / "v1"
+DEFAULT_ONNX_ARTIFACT = PROJECT_DIR / "models" / "onnx" / "v1"
 
 
 class Settings(BaseSettings):
@@ -98,7 +99,17 @@ class Settings(BaseSettings):
     uxcx_backend: str = "linear"
     uxcx_artifact: Path = DEFAULT_UXCX_ARTIFACT
     routing_table: Path = DEFAULT_ROUTING_TABLE
-    torch_threads: int = Field(default=0, ge=0)  # 0: one per core
+    # Where the encoder (and the sentiment branch) run: torch (PyTorch fp32), onnx (ONNX
+    # Runtime fp32) or onnx-int8 (ONNX Runtime int8; the fastest that passed its quality check,
+    # so the default). Left at the default, a missing or corrupt ONNX artifact falls back to
+    # torch with a warning; set explicitly, it fails start-up.
+    encoder_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
+    onnx_artifact: Path = DEFAULT_ONNX_ARTIFACT
+    # Threads for the encoder: PyTorch's intra-op threads, or ONNX Runtime's parallel calls
+    # (and a lone text's intra-op threads). 0: one per core. TORCH_THREADS is the old name.
+    encoder_threads: int = Field(
+        default=0, ge=0, validation_alias=AliasChoices("encoder_threads", "torch_threads")
+    )
     # Non-English texts below this detector confidence are treated as English.
     language_min_confidence: float = Field(default=0.8, ge=0.0, le=1.0)
 
@@ -132,6 +143,11 @@ class Settings(BaseSettings):
         if self.outbound_webhook_url and not self.outbound_webhook_secret:
             raise ValueError("OUTBOUND_WEBHOOK_SECRET must be set with OUTBOUND_WEBHOOK_URL")
         return self
+
+    @property
+    def encoder_backend_explicit(self) -> bool:
+        """True when ENCODER_BACKEND was set rather than left at its default."""
+        return "encoder_backend" in self.model_fields_set
 
     @property
     def is_sqlite(self) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from app.nlp.base import Embeddings
+from app.nlp.runtime import EncoderRuntime, TorchEncoder
 from app.nlp.segment import token_chunks
 
 log = logging.getLogger("app.nlp.embedder")
@@ -41,12 +42,12 @@ class Unit:
 
 @dataclass(slots=True)
 class TapBatch:
-    """Hidden states of one encoder batch at the tapped layer."""
+    """Hidden states of one encoder batch at one layer (numpy, whatever the backend)."""
 
     units: list[int]  # indices into Encoding.units
-    hidden: Any  # torch.Tensor (B, T, H)
-    mask: Any  # torch.Tensor (B, T), 1 for real tokens
-    offsets: Any  # torch.Tensor (B, T, 2): character spans inside the *text*; (0, 0) for specials
+    hidden: np.ndarray  # (B, T, H) float32
+    mask: np.ndarray  # (B, T) int64, 1 for real tokens
+    offsets: np.ndarray  # (B, T, 2) character spans inside the *text*; (0, 0) for specials
 
 
 @dataclass(slots=True)
@@ -66,7 +67,10 @@ class Encoding:
 
 
 class TransformerEmbedder:
-    """A BERT-style encoder with mean pooling and L2 normalisation (all-MiniLM-L6-v2)."""
+    """A BERT-style encoder with mean pooling and L2 normalisation (all-MiniLM-L6-v2).
+
+    Tokenising, chunking and pooling happen here, the same for every backend; the layers run
+    on `runtime` (PyTorch unless an ONNX runtime is given, see `app.nlp.runtime`)."""
 
     def __init__(
         self,
@@ -75,18 +79,16 @@ class TransformerEmbedder:
         max_tokens: int = 256,
         batch_size: int = 32,
         threads: int = 0,
+        runtime: EncoderRuntime | None = None,
+        attn_implementation: str | None = None,
     ) -> None:
         # Never reach for the hub: the weights come from a package or a local path.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        if threads:
-            torch.set_num_threads(threads)
-        self._torch = torch
         self.path = Path(path) if path else packaged_encoder_path()
         if not (self.path / "config.json").exists():
             raise FileNotFoundError(f"no encoder weights at {self.path}")
@@ -94,19 +96,52 @@ class TransformerEmbedder:
         # `split` measures whole texts before chunking them; every encoder call passes its own
         # max_length, so the tokenizer's warning about long inputs would only be noise.
         self.tokenizer.model_max_length = 1_000_000
-        self.encoder = AutoModel.from_pretrained(str(self.path)).eval()
+        self._config = AutoConfig.from_pretrained(str(self.path))
+        self._attn_implementation = attn_implementation
+        self._threads = threads
+        self._torch_module: Any = None
+        if runtime is None:
+            runtime = TorchEncoder(
+                self.path,
+                threads=threads,
+                batch_size=batch_size,
+                attn_implementation=attn_implementation,
+            )
+        self.runtime: EncoderRuntime = runtime
+        if isinstance(runtime, TorchEncoder):
+            self._torch_module = runtime.module
         self.max_tokens = max_tokens
         self.batch_size = batch_size
-        self.dim = int(self.encoder.config.hidden_size)
-        self.name = f"{self.path.name if path else 'all-MiniLM-L6-v2'}:torch"
+        self.dim = int(self._config.hidden_size)
+        self.backend = runtime.name
+        self.name = f"{self.path.name if path else 'all-MiniLM-L6-v2'}:{runtime.name}"
         log.info(
-            "embedder loaded", extra={"stage": "load", "path": str(self.path), "dim": self.dim}
+            "embedder loaded",
+            extra={
+                "stage": "load",
+                "path": str(self.path),
+                "dim": self.dim,
+                "backend": runtime.name,
+            },
         )
 
     @property
     def config(self) -> Any:
         """The transformers config of the encoder."""
-        return self.encoder.config
+        return self._config
+
+    @property
+    def encoder(self) -> Any:
+        """The encoder as a PyTorch module (loaded on first use when another backend runs it:
+        training and the PyTorch sentiment branch copy its layers)."""
+        if self._torch_module is None:
+            from transformers import AutoModel
+
+            kwargs = {}
+            if self._attn_implementation:
+                kwargs["attn_implementation"] = self._attn_implementation
+            self._torch_module = AutoModel.from_pretrained(str(self.path), **kwargs).eval()
+        return self._torch_module
 
     def embed(self, texts: Sequence[str]) -> Embeddings:
         """Embed texts; returns (n, dim) float32, unit length."""
@@ -148,72 +183,82 @@ class TransformerEmbedder:
         encoding = Encoding(embeddings=out, units=units, tap_layer=tap_layer)
         if not units:
             return encoding
-        torch = self._torch
-        last = int(self.encoder.config.num_hidden_layers)
+        last = int(self._config.num_hidden_layers)
         layers = [last, *(layer for layer in pool_layers if layer != last)]
-        sums = {layer: torch.zeros((n, self.dim), dtype=torch.float32) for layer in layers}
-        token_counts = torch.zeros(n, dtype=torch.float32)
+        wanted = list(layers)
+        if tap_layer is not None and tap_layer not in wanted:
+            wanted.append(tap_layer)
+        sums = {layer: np.zeros((n, self.dim), dtype=np.float32) for layer in layers}
+        token_counts = np.zeros(n, dtype=np.float32)
         unit_texts = [texts[u.text_index][u.start : u.end] for u in units]
-        want_states = tap_layer is not None or len(layers) > 1
+        tokenized = self.tokenizer(
+            unit_texts,
+            truncation=True,
+            max_length=self.max_tokens,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )
+        ids: list[list[int]] = tokenized["input_ids"]
+        spans: list[list[tuple[int, int]]] = tokenized["offset_mapping"]
         # Sorting by length keeps padding, and so wasted compute, small within a batch.
-        order = sorted(range(len(units)), key=lambda k: len(unit_texts[k]))
-        with torch.inference_mode():
-            for start in range(0, len(units), self.batch_size):
-                idx = order[start : start + self.batch_size]
-                batch = self.tokenizer(
-                    [unit_texts[k] for k in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_tokens,
-                    return_tensors="pt",
-                    return_offsets_mapping=True,
-                )
-                offsets = batch.pop("offset_mapping")
-                result = self.encoder(**batch, output_hidden_states=want_states)
-                attention = batch["attention_mask"]
-                weights = attention.unsqueeze(-1).to(torch.float32)
-                owners = torch.tensor([units[k].text_index for k in idx])
-                states = {
-                    layer: result.last_hidden_state
-                    if layer == last
-                    else result.hidden_states[layer]
-                    for layer in layers
-                }
-                # Mean pooling over every token of every chunk of a text: for a text that fits
-                # in one chunk this is exactly sentence-transformers' mean pooling.
-                for layer, hidden in states.items():
-                    sums[layer].index_add_(0, owners, (hidden * weights).sum(1))
-                token_counts.index_add_(0, owners, attention.sum(1).to(torch.float32))
-                if tap_layer is not None or keep_tokens:
-                    shift = torch.tensor([units[k].start for k in idx]).view(-1, 1, 1)
-                    special = offsets.sum(-1, keepdim=True) == 0
-                    text_offsets = torch.where(special, offsets, offsets + shift)
-                    if tap_layer is not None:
-                        encoding.taps.append(
+        order = sorted(range(len(units)), key=lambda k: len(ids[k]))
+        batches = [
+            [order[p] for p in positions]
+            for positions in self.runtime.plan.split([len(ids[k]) for k in order])
+        ]
+
+        def forward(idx: list[int], alone: bool) -> tuple[list[int], Any, Any, dict[int, Any]]:
+            width = max(len(ids[k]) for k in idx)
+            input_ids = np.zeros((len(idx), width), dtype=np.int64)
+            mask = np.zeros((len(idx), width), dtype=np.int64)
+            offsets = np.zeros((len(idx), width, 2), dtype=np.int64)
+            for row, k in enumerate(idx):
+                m = len(ids[k])
+                input_ids[row, :m] = ids[k]
+                mask[row, :m] = 1
+                offsets[row, :m] = spans[k]
+            states = self.runtime.forward(input_ids, mask, wanted, alone=alone)
+            return idx, mask, offsets, states
+
+        for idx, mask, offsets, states in self.runtime.map(forward, batches):
+            owners = np.array([units[k].text_index for k in idx])
+            weights = mask[..., None].astype(np.float32)
+            # Mean pooling over every token of every chunk of a text: for a text that fits
+            # in one chunk this is exactly sentence-transformers' mean pooling.
+            for layer in layers:
+                np.add.at(sums[layer], owners, (states[layer] * weights).sum(1))
+            np.add.at(token_counts, owners, mask.sum(1).astype(np.float32))
+            if tap_layer is not None or keep_tokens:
+                shift = np.array([units[k].start for k in idx]).reshape(-1, 1, 1)
+                special = offsets.sum(-1, keepdims=True) == 0
+                text_offsets = np.where(special, offsets, offsets + shift)
+                if tap_layer is not None:
+                    encoding.taps.append(
+                        TapBatch(
+                            units=list(idx),
+                            hidden=states[tap_layer],
+                            mask=mask,
+                            offsets=text_offsets,
+                        )
+                    )
+                if keep_tokens:
+                    for layer in layers:
+                        encoding.tokens.setdefault(layer, []).append(
                             TapBatch(
                                 units=list(idx),
-                                hidden=result.hidden_states[tap_layer],
-                                mask=attention,
+                                hidden=states[layer],
+                                mask=mask,
                                 offsets=text_offsets,
                             )
                         )
-                    if keep_tokens:
-                        for layer, hidden in states.items():
-                            encoding.tokens.setdefault(layer, []).append(
-                                TapBatch(
-                                    units=list(idx),
-                                    hidden=hidden,
-                                    mask=attention,
-                                    offsets=text_offsets,
-                                )
-                            )
-        counts = token_counts.clamp(min=1).unsqueeze(1)
+        counts = np.maximum(token_counts, 1.0)[:, None]
         for layer in layers:
             mean = sums[layer] / counts
-            norm = mean.norm(dim=1).clamp(min=1e-12)
-            encoding.pooled[layer] = (mean / norm.unsqueeze(1)).numpy()
+            norm = np.maximum(np.linalg.norm(mean, axis=1), 1e-12)
+            encoding.pooled[layer] = (mean / norm[:, None]).astype(np.float32)
             # What turns a sum of token states into the unit-length vector, per text: analysers
             # that explain a decision token by token need it (vector = token_sum * scale).
-            encoding.pool_scale[layer] = (1.0 / (counts.squeeze(1) * norm)).numpy()
+            encoding.pool_scale[layer] = (1.0 / (counts[:, 0] * norm)).astype(np.float32)
         out[:] = encoding.pooled[last]
         return encoding

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from app.nlp.base import SENTIMENT_LABELS, SentenceSentiment, Sentiment
-from app.nlp.embedder import Encoding, TransformerEmbedder
+from app.nlp.embedder import Encoding, TapBatch, TransformerEmbedder
 from app.nlp.segment import sentence_spans, token_chunks
 
 log = logging.getLogger("app.nlp.sentiment")
@@ -104,7 +104,8 @@ def _branch_module(embedder: TransformerEmbedder, tap_layer: int, n_labels: int)
     import torch
     from transformers.masking_utils import create_bidirectional_mask
 
-    config = embedder.config
+    # The copied layers' own config: the mask must be built for their attention kernel.
+    config = embedder.encoder.config
 
     class SentimentBranch(torch.nn.Module):
         """Fine-tuned upper layers of the encoder with mean pooling and a linear head."""
@@ -146,7 +147,12 @@ def build_branch(embedder: TransformerEmbedder, tap_layer: int) -> Any:
 
 def encoder_fingerprint(embedder: TransformerEmbedder) -> str:
     """sha256 of the encoder's weight file, so an artifact only runs on the encoder it extends."""
-    weights = embedder.path / "model.safetensors"
+    return weights_fingerprint(embedder.path)
+
+
+def weights_fingerprint(encoder_dir: Path) -> str:
+    """sha256 of `model.safetensors` in an encoder folder ("unknown" when there is none)."""
+    weights = encoder_dir / "model.safetensors"
     if not weights.exists():
         return "unknown"
     stat = weights.stat()
@@ -159,98 +165,217 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-class BranchSentiment:
-    """The project's sentiment model: a fine-tuned branch on the shared encoder pass."""
+class TorchBranch:
+    """The branch's layers in PyTorch."""
 
-    def __init__(self, artifact_dir: Path, embedder: TransformerEmbedder) -> None:
+    name = "torch"
+
+    def __init__(self, module: Any) -> None:
         import torch
-        from safetensors.torch import load_file
 
         self._torch = torch
-        config_path = artifact_dir / "config.json"
-        weights_path = artifact_dir / "branch.safetensors"
-        if not config_path.exists() or not weights_path.exists():
-            raise ArtifactError(
-                f"sentiment artifact missing at {artifact_dir} (needs config.json and "
-                "branch.safetensors); train it with `python -m pipelines train-sentiment "
-                "--data ../shared/datasets/tweeteval_sentiment` or set SENTIMENT_BACKEND"
+        self.module = module
+
+    def states(self, hidden: np.ndarray, mask: np.ndarray, *, alone: bool) -> np.ndarray:
+        """Token states after the branch's layers, (B, T, H)."""
+        torch = self._torch
+        with torch.inference_mode():
+            out = self.module.tokens(torch.from_numpy(hidden), torch.from_numpy(mask))
+        result: np.ndarray = out.numpy()
+        return result
+
+    def map(self, fn: Any, items: Sequence[Any]) -> Any:
+        """One batch after another (PyTorch uses the cores itself)."""
+        return (fn(item, len(items) == 1) for item in items)
+
+
+class OnnxBranch:
+    """The branch's layers exported to ONNX (see `pipelines/export_onnx.py`)."""
+
+    def __init__(self, path: Path, *, name: str, threads: int) -> None:
+        from app.nlp.runtime import OnnxGraph, RuntimeArtifactError
+
+        self.name = name
+        self.graph = OnnxGraph(path, threads=threads)
+        if self.graph.inputs != ["hidden", "attention_mask"] or self.graph.outputs != ["states"]:
+            raise RuntimeArtifactError(
+                f"ONNX sentiment branch {path} has inputs {self.graph.inputs} and outputs "
+                f"{self.graph.outputs}; expected (hidden, attention_mask) -> states"
             )
+
+    def states(self, hidden: np.ndarray, mask: np.ndarray, *, alone: bool) -> np.ndarray:
+        """Token states after the branch's layers, (B, T, H)."""
+        out: np.ndarray = self.graph.run(
+            ["states"], {"hidden": hidden, "attention_mask": mask}, alone=alone
+        )[0]
+        return out
+
+    def map(self, fn: Any, items: Sequence[Any]) -> Any:
+        """Calls side by side on the graph's threads."""
+        return self.graph.map(fn, items)
+
+
+BranchRuntime = TorchBranch | OnnxBranch
+
+
+def read_branch_artifact(artifact_dir: Path, embedder: TransformerEmbedder) -> dict[str, Any]:
+    """The branch artifact's config, checked against the encoder; raises ArtifactError."""
+    config_path = artifact_dir / "config.json"
+    weights_path = artifact_dir / "branch.safetensors"
+    if not config_path.exists() or not weights_path.exists():
+        raise ArtifactError(
+            f"sentiment artifact missing at {artifact_dir} (needs config.json and "
+            "branch.safetensors); train it with `python -m pipelines train-sentiment "
+            "--data ../shared/datasets/tweeteval_sentiment` or set SENTIMENT_BACKEND"
+        )
+    try:
+        cfg: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+        int(cfg["tap_layer"])
+        labels = list(cfg["labels"])
+    except Exception as exc:
+        raise ArtifactError(f"sentiment artifact at {artifact_dir} is unreadable: {exc}") from exc
+    if labels != list(SENTIMENT_LABELS):
+        raise ArtifactError(f"sentiment artifact labels {labels} != {list(SENTIMENT_LABELS)}")
+    expected = cfg.get("encoder_sha256")
+    actual = encoder_fingerprint(embedder)
+    if expected and actual != expected:
+        raise ArtifactError(
+            f"sentiment artifact at {artifact_dir} was trained on a different encoder "
+            f"(sha256 {expected[:12]}..., loaded {actual[:12]}...)"
+        )
+    return cfg
+
+
+def load_branch_module(artifact_dir: Path, embedder: TransformerEmbedder) -> Any:
+    """The fine-tuned branch as a PyTorch module (eval mode), from its safetensors."""
+    from safetensors.torch import load_file
+
+    cfg = read_branch_artifact(artifact_dir, embedder)
+    try:
+        state = load_file(str(artifact_dir / "branch.safetensors"))
+    except Exception as exc:
+        raise ArtifactError(f"sentiment artifact at {artifact_dir} is unreadable: {exc}") from exc
+    branch = _branch_module(embedder, int(cfg["tap_layer"]), len(SENTIMENT_LABELS))
+    try:
+        branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"sentiment artifact at {artifact_dir} does not fit: {exc}") from exc
+    return branch.eval()
+
+
+def branch_weights_sha256(artifact_dir: Path) -> str:
+    """sha256 of a branch artifact's weights: an exported graph records what it came from."""
+    weights = artifact_dir / "branch.safetensors"
+    stat = weights.stat()
+    return _file_sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+class BranchSentiment:
+    """The project's sentiment model: a fine-tuned branch on the shared encoder pass.
+
+    The branch's layers run on PyTorch, or on an exported ONNX graph when `runtime` is given;
+    its head (one linear layer over mean-pooled states) runs here in numpy either way."""
+
+    def __init__(
+        self,
+        artifact_dir: Path,
+        embedder: TransformerEmbedder,
+        *,
+        runtime: BranchRuntime | None = None,
+    ) -> None:
+        from safetensors.numpy import load_file
+
+        cfg = read_branch_artifact(artifact_dir, embedder)
+        self.tap_layer: int | None = int(cfg["tap_layer"])
+        if runtime is None:
+            runtime = TorchBranch(load_branch_module(artifact_dir, embedder))
+        self.runtime: BranchRuntime = runtime
         try:
-            cfg = json.loads(config_path.read_text(encoding="utf-8"))
-            self.tap_layer: int | None = int(cfg["tap_layer"])
-            labels = list(cfg["labels"])
-            state = load_file(str(weights_path))
+            state = load_file(str(artifact_dir / "branch.safetensors"))
+            self.head_weight = state["head.weight"].astype(np.float32)
+            self.head_bias = state["head.bias"].astype(np.float32)
         except Exception as exc:
             raise ArtifactError(
                 f"sentiment artifact at {artifact_dir} is unreadable: {exc}"
             ) from exc
-        if labels != list(SENTIMENT_LABELS):
-            raise ArtifactError(f"sentiment artifact labels {labels} != {list(SENTIMENT_LABELS)}")
-        expected = cfg.get("encoder_sha256")
-        actual = encoder_fingerprint(embedder)
-        if expected and actual != expected:
+        if self.head_weight.shape != (len(SENTIMENT_LABELS), embedder.dim):
             raise ArtifactError(
-                f"sentiment artifact at {artifact_dir} was trained on a different encoder "
-                f"(sha256 {expected[:12]}..., loaded {actual[:12]}...)"
+                f"sentiment artifact at {artifact_dir} does not fit: head "
+                f"{self.head_weight.shape}, encoder width {embedder.dim}"
             )
-        self.branch = _branch_module(embedder, self.tap_layer, len(labels))
-        try:
-            self.branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-        except RuntimeError as exc:
-            raise ArtifactError(
-                f"sentiment artifact at {artifact_dir} does not fit: {exc}"
-            ) from exc
-        self.branch.eval()
         self.name = f"branch:{cfg.get('version', artifact_dir.name)}"
         log.info(
             "sentiment artifact loaded",
-            extra={"stage": "load", "path": str(artifact_dir), "tap_layer": self.tap_layer},
+            extra={
+                "stage": "load",
+                "path": str(artifact_dir),
+                "tap_layer": self.tap_layer,
+                "backend": runtime.name,
+            },
         )
+
+    def _probabilities(self, pooled: np.ndarray) -> np.ndarray:
+        """Softmax of the head over mean-pooled branch states, (n, 3)."""
+        logits = pooled @ self.head_weight.T + self.head_bias
+        logits -= logits.max(axis=-1, keepdims=True)
+        e = np.exp(logits)
+        out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
+        return out
 
     def score(self, texts: Sequence[str], encoding: Encoding | None = None) -> list[Sentiment]:
         """Score texts from the tapped hidden states of the shared encoder pass."""
         if encoding is None or encoding.tap_layer != self.tap_layer:
             raise ValueError("BranchSentiment needs an encoding tapped at its layer")
-        torch = self._torch
         n = len(texts)
         spans = [sentence_spans(t) for t in texts]
-        hidden_size = self.branch.head.in_features
+        hidden_size = self.head_weight.shape[1]
         # Sums of token states per text (whole message) and per (text, sentence).
-        text_sum = torch.zeros(n, hidden_size)
-        text_count = torch.zeros(n)
+        text_sum = np.zeros((n, hidden_size), dtype=np.float32)
+        text_count = np.zeros(n, dtype=np.float32)
         sent_sum = {
-            i: torch.zeros(len(spans[i]), hidden_size) for i in range(n) if len(spans[i]) > 1
+            i: np.zeros((len(spans[i]), hidden_size), dtype=np.float32)
+            for i in range(n)
+            if len(spans[i]) > 1
         }
-        sent_count = {i: torch.zeros(len(spans[i])) for i in sent_sum}
-        with torch.inference_mode():
-            for tap in encoding.taps:
-                states = self.branch.tokens(tap.hidden, tap.mask)
-                mask = tap.mask.to(states.dtype)
-                owners = torch.tensor([encoding.units[u].text_index for u in tap.units])
-                text_sum.index_add_(0, owners, (states * mask.unsqueeze(-1)).sum(1))
-                text_count.index_add_(0, owners, mask.sum(1))
-                starts = tap.offsets[..., 0]
-                special = (tap.offsets.sum(-1) == 0) & (tap.mask == 1)
-                for row, owner in enumerate(owners.tolist()):
-                    if owner not in sent_sum:
-                        continue
-                    for j, (s, e) in enumerate(spans[owner]):
-                        inside = (starts[row] >= s) & (starts[row] < e) & ~special[row]
-                        if not bool(inside.any()):
-                            continue
-                        # Pool the sentence's tokens with [CLS] and [SEP], as in training.
-                        chosen = inside | special[row]
-                        sent_sum[owner][j] += states[row][chosen].sum(0)
-                        sent_count[owner][j] += float(chosen.sum())
-            probs = torch.softmax(
-                self.branch.head(text_sum / text_count.clamp(min=1).unsqueeze(1)), -1
-            )
-            sent_probs = {
-                i: torch.softmax(
-                    self.branch.head(sent_sum[i] / sent_count[i].clamp(min=1).unsqueeze(1)), -1
-                )
-                for i in sent_sum
-            }
+        sent_count = {i: np.zeros(len(spans[i]), dtype=np.float32) for i in sent_sum}
+        bounds = {
+            i: (np.array([s for s, _ in spans[i]]), np.array([e for _, e in spans[i]]))
+            for i in sent_sum
+        }
+
+        def run(tap: TapBatch, alone: bool) -> tuple[TapBatch, np.ndarray]:
+            return tap, self.runtime.states(tap.hidden, tap.mask, alone=alone)
+
+        for tap, states in self.runtime.map(run, encoding.taps):
+            mask = tap.mask.astype(np.float32)
+            owners = [encoding.units[u].text_index for u in tap.units]
+            np.add.at(text_sum, owners, (states * mask[..., None]).sum(1))
+            np.add.at(text_count, owners, mask.sum(1))
+            starts = tap.offsets[..., 0]
+            special = (tap.offsets.sum(-1) == 0) & (tap.mask == 1)
+            for row, owner in enumerate(owners):
+                if owner not in sent_sum:
+                    continue
+                begin, end = bounds[owner]
+                # Which sentence each token starts in (-1: none, or a special token).
+                j = np.searchsorted(begin, starts[row], side="right") - 1
+                inside = (j >= 0) & (starts[row] < end[np.maximum(j, 0)]) & ~special[row]
+                inside &= tap.mask[row] == 1
+                onehot = (j[None, :] == np.arange(len(begin))[:, None]) & inside[None, :]
+                hits = onehot.sum(1)
+                present = hits > 0
+                if not present.any():
+                    continue
+                # Pool the sentence's tokens with [CLS] and [SEP], as in training.
+                specials = states[row][special[row]].sum(0)
+                sent_sum[owner] += onehot.astype(np.float32) @ states[row]
+                sent_sum[owner][present] += specials
+                sent_count[owner] += hits + present * float(special[row].sum())
+        probs = self._probabilities(text_sum / np.maximum(text_count, 1.0)[:, None])
+        sent_probs = {
+            i: self._probabilities(sent_sum[i] / np.maximum(sent_count[i], 1.0)[:, None])
+            for i in sent_sum
+        }
         results = []
         for i in range(n):
             label, score, mapping = from_probabilities(probs[i].tolist())
@@ -367,9 +492,14 @@ SentimentBackend = VaderScorer | BranchSentiment | HFSentiment
 
 
 def load_sentiment_scorer(
-    backend: str, *, embedder: TransformerEmbedder | None = None, artifact_dir: Path | None = None
+    backend: str,
+    *,
+    embedder: TransformerEmbedder | None = None,
+    artifact_dir: Path | None = None,
+    branch_runtime: BranchRuntime | None = None,
 ) -> SentimentBackend:
-    """The scorer named by the SENTIMENT_BACKEND setting."""
+    """The scorer named by the SENTIMENT_BACKEND setting (`branch_runtime`: where the branch's
+    layers run; PyTorch when None)."""
     if backend == "vader":
         return VaderScorer()
     if backend == "branch":
@@ -377,7 +507,7 @@ def load_sentiment_scorer(
             raise ValueError(
                 "the branch sentiment backend needs the embedder and SENTIMENT_ARTIFACT"
             )
-        return BranchSentiment(artifact_dir, embedder)
+        return BranchSentiment(artifact_dir, embedder, runtime=branch_runtime)
     if backend.startswith("hf:"):
         return HFSentiment(Path(backend[3:]).expanduser())
     raise ValueError(f"unknown SENTIMENT_BACKEND {backend!r}; available: branch, vader, hf:/path")

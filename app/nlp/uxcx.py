@@ -272,7 +272,7 @@ class LinearUxCx:
 
     def _project(self, batch: Any, layer: int) -> np.ndarray:
         """(B, T, classes): every token state of one layer through that layer's weights."""
-        hidden = batch.hidden.float().numpy()
+        hidden = np.asarray(batch.hidden, dtype=np.float32)
         return np.asarray(hidden @ self._per_layer[layer].T)
 
 

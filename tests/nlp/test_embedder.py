@@ -18,12 +18,12 @@ TEXTS = [
 ]
 
 
-def test_matches_sentence_transformers(analyzer: Analyzer) -> None:
+def test_matches_sentence_transformers(torch_embedder: TransformerEmbedder) -> None:
     from sentence_transformers import SentenceTransformer
 
     reference = SentenceTransformer(str(packaged_encoder_path()), device="cpu")
     expected = reference.encode(TEXTS, normalize_embeddings=True, convert_to_numpy=True)
-    ours = analyzer.embedder.embed(TEXTS)
+    ours = torch_embedder.embed(TEXTS)
     assert ours.shape == (len(TEXTS), 384) and ours.dtype == np.float32
     cos = (ours * expected).sum(axis=1)
     assert cos.min() > 0.9999

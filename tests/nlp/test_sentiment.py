@@ -113,8 +113,10 @@ def test_long_texts_are_chunked_not_truncated(analyzer: Analyzer) -> None:
     assert s_good.score > s_bad.score
 
 
-def test_long_text_embedding_is_the_mean_over_all_tokens(analyzer: Analyzer) -> None:
-    embedder = analyzer.embedder
+def test_long_text_embedding_is_the_mean_over_all_tokens(
+    torch_embedder: TransformerEmbedder,
+) -> None:
+    embedder = torch_embedder
     text = FILLER * 12
     units = embedder.split([text])
     assert len(units) >= 2

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from app.nlp.analyzer import Analyzer
+from app.nlp.embedder import TransformerEmbedder
 from app.nlp.sentiment import BranchSentiment
 from pipelines.__main__ import main
 from pipelines.train_sentiment import HiddenCache, clean_tweet, read_split
@@ -20,17 +21,20 @@ def test_clean_tweet() -> None:
     assert clean_tweet('He said ""hi""') == 'He said "hi"'
 
 
-def test_cached_hidden_states_equal_the_full_encoder_pass(analyzer: Analyzer) -> None:
+def test_cached_hidden_states_equal_the_full_encoder_pass(
+    torch_embedder: TransformerEmbedder,
+) -> None:
+    # Training caches PyTorch's states, so they must equal the PyTorch pass.
     texts, _ = read_split(FIXTURES / "val.csv")
-    cache = HiddenCache(analyzer.embedder, texts[:5], layer=4, max_tokens=128, desc="t")
-    encoding = analyzer.embedder.encode(texts[:5], tap_layer=4)
+    cache = HiddenCache(torch_embedder, texts[:5], layer=4, max_tokens=128, desc="t")
+    encoding = torch_embedder.encode(texts[:5], tap_layer=4)
     for tap in encoding.taps:
         for row, unit in enumerate(tap.units):
             i = encoding.units[unit].text_index
             n = int(tap.mask[row].sum())
             ours = cache.data[cache.offsets[i] : cache.offsets[i + 1]].astype(np.float32)
             assert ours.shape[0] == n
-            assert np.allclose(ours, tap.hidden[row, :n].numpy(), atol=2e-2)
+            assert np.allclose(ours, tap.hidden[row, :n], atol=2e-2)
 
 
 def test_train_sentiment_writes_a_servable_artifact(tmp_path: Path, analyzer: Analyzer) -> None:

@@ -1,0 +1,276 @@
+"""Where the encoder's (and the sentiment branch's) layers run: PyTorch or ONNX Runtime.
+
+Picked by ENCODER_BACKEND:
+- `torch`: the packaged weights in PyTorch fp32, batches of up to 32 texts sorted by length.
+- `onnx`: the same graph exported to ONNX, fp32, in ONNX Runtime.
+- `onnx-int8`: that graph with int8 weights (per output channel) and int8 activations
+  quantised on the fly, after SmoothQuant-style rescaling (see `pipelines/export_onnx.py`).
+
+ONNX Runtime runs one text per call: int8 activation ranges are then the text's own (its
+answer never depends on which texts share its batch), nothing is padded, and two single-threaded
+calls side by side on two cores beat one two-threaded call on a padded batch (measured in
+`bench/encoder.py`). A lone text (triage) runs on a session that uses every thread instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+
+log = logging.getLogger("app.nlp.runtime")
+
+ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
+# The file of each ONNX backend inside the artifact folder, for the encoder and the branch.
+ONNX_FILES = {
+    "onnx": ("encoder.fp32.onnx", "sentiment-branch.fp32.onnx"),
+    "onnx-int8": ("encoder.int8.onnx", "sentiment-branch.int8.onnx"),
+}
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class RuntimeArtifactError(RuntimeError):
+    """An ONNX artifact that is missing, corrupt, unchecked or made from other weights."""
+
+
+def cpu_threads(threads: int) -> int:
+    """`threads`, or one per core this process may use when 0."""
+    if threads > 0:
+        return threads
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """How many texts (and padded tokens) one forward call may take."""
+
+    max_texts: int
+    max_tokens: int  # rows x longest row; 0: no limit beyond max_texts
+
+    def split(self, lengths: Sequence[int]) -> list[list[int]]:
+        """Positions 0..n-1 of `lengths` (sorted ascending) cut into consecutive batches."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for k, n in enumerate(lengths):
+            too_many = len(current) >= self.max_texts
+            too_long = self.max_tokens and current and (len(current) + 1) * n > self.max_tokens
+            if current and (too_many or too_long):
+                batches.append(current)
+                current = []
+            current.append(k)
+        if current:
+            batches.append(current)
+        return batches
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class OnnxGraph:
+    """One ONNX graph with two sessions: single-threaded for parallel calls, and one that uses
+    every thread for a lone call (lowest latency)."""
+
+    def __init__(self, path: Path, *, threads: int) -> None:
+        import onnxruntime as ort
+
+        self.path = path
+        self.threads = cpu_threads(threads)
+
+        def session(intra: int) -> Any:
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = intra
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            options.log_severity_level = 3
+            # A spinning pool would keep a core busy after each call; the worker's other
+            # thread and the API need it.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+        try:
+            self._parallel = session(1)
+            self._alone = session(self.threads) if self.threads > 1 else self._parallel
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise RuntimeArtifactError(f"ONNX graph {path} could not be loaded: {exc}") from exc
+        self.inputs = [i.name for i in self._parallel.get_inputs()]
+        self.outputs = [o.name for o in self._parallel.get_outputs()]
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx")
+
+    def run(self, outputs: Sequence[str], feeds: dict[str, np.ndarray], *, alone: bool) -> list[Any]:
+        """Run the graph; `alone` picks the session that uses every thread."""
+        session = self._alone if alone else self._parallel
+        result: list[Any] = session.run(list(outputs), feeds)
+        return result
+
+    def map(self, fn: Callable[[T, bool], R], items: Sequence[T]) -> Iterator[R]:
+        """`fn(item, alone)` for every item: a lone one on the calling thread, several in the
+        pool (ONNX Runtime releases the GIL while it computes)."""
+        if len(items) == 1:
+            return iter([fn(items[0], True)])
+        return self._pool.map(lambda item: fn(item, False), items)
+
+
+class TorchEncoder:
+    """The encoder in PyTorch: sequential batches, PyTorch's own threads."""
+
+    name = "torch"
+
+    def __init__(
+        self, path: Path, *, threads: int, batch_size: int, attn_implementation: str | None
+    ) -> None:
+        import torch
+        from transformers import AutoModel
+
+        if threads:
+            torch.set_num_threads(threads)
+        self._torch = torch
+        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        self.module = AutoModel.from_pretrained(str(path), **kwargs).eval()
+        self.plan = BatchPlan(max_texts=batch_size, max_tokens=0)
+
+    def forward(
+        self, input_ids: np.ndarray, mask: np.ndarray, layers: Sequence[int], *, alone: bool
+    ) -> dict[int, np.ndarray]:
+        """Hidden states of `layers` (0 = embeddings output), each (B, T, H) float32."""
+        torch = self._torch
+        last = int(self.module.config.num_hidden_layers)
+        with torch.inference_mode():
+            result = self.module(
+                input_ids=torch.from_numpy(input_ids),
+                attention_mask=torch.from_numpy(mask),
+                output_hidden_states=any(layer != last for layer in layers),
+            )
+        return {
+            layer: (
+                result.last_hidden_state if layer == last else result.hidden_states[layer]
+            ).numpy()
+            for layer in layers
+        }
+
+    def map(self, fn: Callable[[T, bool], R], items: Sequence[T]) -> Iterable[R]:
+        """Batches one after another: PyTorch spreads each over the cores itself."""
+        return (fn(item, len(items) == 1) for item in items)
+
+
+class OnnxEncoder:
+    """The encoder exported to ONNX (`hidden_0` .. `hidden_N` outputs), one text per call."""
+
+    def __init__(self, path: Path, *, name: str, threads: int, layers: int) -> None:
+        self.name = name
+        self.graph = OnnxGraph(path, threads=threads)
+        wanted = ["input_ids", "attention_mask"]
+        missing = [f"hidden_{k}" for k in range(layers + 1) if f"hidden_{k}" not in self.graph.outputs]
+        if self.graph.inputs != wanted or missing:
+            raise RuntimeArtifactError(
+                f"ONNX encoder {path} has inputs {self.graph.inputs} and outputs "
+                f"{self.graph.outputs}; expected inputs {wanted} and hidden_0..hidden_{layers}"
+            )
+        self.plan = BatchPlan(max_texts=1, max_tokens=0)
+
+    def forward(
+        self, input_ids: np.ndarray, mask: np.ndarray, layers: Sequence[int], *, alone: bool
+    ) -> dict[int, np.ndarray]:
+        """Hidden states of `layers`, each (B, T, H) float32."""
+        values = self.graph.run(
+            [f"hidden_{layer}" for layer in layers],
+            {"input_ids": input_ids, "attention_mask": mask},
+            alone=alone,
+        )
+        return dict(zip(layers, values, strict=True))
+
+    def map(self, fn: Callable[[T, bool], R], items: Sequence[T]) -> Iterator[R]:
+        """Calls side by side on the graph's threads."""
+        return self.graph.map(fn, items)
+
+
+EncoderRuntime = TorchEncoder | OnnxEncoder
+
+
+@dataclass(frozen=True, slots=True)
+class OnnxArtifact:
+    """A checked ONNX artifact folder: its config and the two graphs of one precision."""
+
+    folder: Path
+    backend: str
+    config: dict[str, Any]
+    encoder: Path
+    branch: Path | None  # None when the folder has no branch graph for this precision
+
+    @property
+    def version(self) -> str:
+        """The artifact's version (its folder name unless the config says)."""
+        return str(self.config.get("version", self.folder.name))
+
+
+def open_artifact(
+    folder: Path, backend: str, *, encoder_sha256: str, require_check: bool
+) -> OnnxArtifact:
+    """Check an ONNX artifact folder before loading it; raises RuntimeArtifactError saying why.
+
+    Checked: config.json readable, made from these encoder weights, each graph file present
+    with the sha256 recorded at export (a truncated or altered file fails here), and, when
+    `require_check`, the export's quality check passed."""
+    if backend not in ONNX_FILES:
+        raise ValueError(f"{backend!r} is not an ONNX backend")
+    rebuild = (
+        f"build it with `python -m pipelines export-onnx --out {folder}"
+        + (" --precision fp32`" if backend == "onnx" else "`")
+    )
+    config_path = folder / "config.json"
+    if not config_path.exists():
+        raise RuntimeArtifactError(f"no ONNX artifact at {folder} (config.json missing); {rebuild}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        files = dict(config["files"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RuntimeArtifactError(f"ONNX artifact {config_path} is unreadable: {exc}") from exc
+    made_from = config.get("encoder_sha256")
+    if made_from != encoder_sha256:
+        raise RuntimeArtifactError(
+            f"ONNX artifact at {folder} was exported from other encoder weights "
+            f"(sha256 {str(made_from)[:12]}..., loaded {encoder_sha256[:12]}...); {rebuild}"
+        )
+    encoder_name, branch_name = ONNX_FILES[backend]
+    paths: list[Path | None] = []
+    for name in (encoder_name, branch_name):
+        path = folder / name
+        expected = files.get(name)
+        if expected is None and name == branch_name:
+            paths.append(None)
+            continue
+        if expected is None or not path.exists():
+            raise RuntimeArtifactError(f"ONNX artifact at {folder}: {name} missing; {rebuild}")
+        actual = sha256_file(path)
+        if actual != expected.get("sha256"):
+            raise RuntimeArtifactError(
+                f"ONNX artifact at {folder}: {name} is corrupt (sha256 {actual[:12]}..., "
+                f"recorded {str(expected.get('sha256'))[:12]}...); {rebuild}"
+            )
+        paths.append(path)
+    check = config.get("check", {}).get(backend, {})
+    if require_check and not check.get("passed"):
+        raise RuntimeArtifactError(
+            f"ONNX artifact at {folder}: {backend} has not passed its quality check "
+            f"({check or 'none recorded'})"
+        )
+    assert paths[0] is not None
+    return OnnxArtifact(folder, backend, config, paths[0], paths[1])

