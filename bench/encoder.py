@@ -42,7 +42,9 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 MAX_POINTS = 0.5  # downstream numbers may move this much (in points, i.e. 0.005)
 
 
-def speed(analyzers: dict[str, Analyzer], texts: list[str], single: list[str], rounds: int) -> dict[str, dict[str, float]]:
+def speed(
+    analyzers: dict[str, Analyzer], texts: list[str], single: list[str], rounds: int
+) -> dict[str, dict[str, Any]]:
     """Median texts/s (embed, full analysis) and one-text latency, backends taking turns."""
     embed_rates: dict[str, list[float]] = {b: [] for b in analyzers}
     analyse_rates: dict[str, list[float]] = {b: [] for b in analyzers}
@@ -115,9 +117,7 @@ def quality(analyzers: dict[str, Analyzer], tweets: list[str]) -> dict[str, dict
             "tweeteval_macro_recall": classification_metrics(
                 val_y, np.array(sentiment), SENTIMENT_LABELS
             )["macro_recall"],
-            "uxcx_macro_f1": classification_metrics(ux_y, np.array(uxcx), UXCX_LABELS)[
-                "macro_f1"
-            ],
+            "uxcx_macro_f1": classification_metrics(ux_y, np.array(uxcx), UXCX_LABELS)["macro_f1"],
         }
     return out
 
@@ -156,11 +156,10 @@ def main() -> int:
         backends.insert(0, "torch")
     texts, origin = load_texts(args.data, args.texts)
     single, _ = load_texts(args.data, args.single, seed=1)
-    analyzers = {
-        b: load_analyzer(Settings(_env_file=None, encoder_backend=b)) for b in backends
-    }
-    print(f"texts: {origin}, {len(texts)} batched, {len(single)} one at a time; "
-          f"{os.cpu_count()} CPUs")
+    analyzers = {b: load_analyzer(Settings(_env_file=None, encoder_backend=b)) for b in backends}
+    print(
+        f"texts: {origin}, {len(texts)} batched, {len(single)} one at a time; {os.cpu_count()} CPUs"
+    )
     fast = speed(analyzers, texts, single, args.rounds)
     base = fast["torch"]
     rows = []
@@ -176,8 +175,11 @@ def main() -> int:
                 f"{base['one_text_p50_ms'] / m['one_text_p50_ms']:.2f}x",
             ]
         )
-    print("\nspeed (median of rounds; embed rounds: " + ", ".join(
-        f"{n} {m['rounds']}" for n, m in fast.items()) + ")")
+    print(
+        "\nspeed (median of rounds; embed rounds: "
+        + ", ".join(f"{n} {m['rounds']}" for n, m in fast.items())
+        + ")"
+    )
     print_table(
         rows,
         ["backend", "embed texts/s", "vs torch", "analysis texts/s", "vs torch",
@@ -201,11 +203,15 @@ def main() -> int:
                     f"{m['banking77_nmi']:.4f} / {m['banking77_ari']:.4f}",
                     f"{m['tweeteval_macro_recall']:.4f}",
                     f"{m['uxcx_macro_f1']:.4f}",
-                    "yes" if ok["passed"] else "NO: " + ", ".join(k for k, x in ok.items() if not x),
+                    "yes"
+                    if ok["passed"]
+                    else "NO: " + ", ".join(k for k, x in ok.items() if not x),
                 ]
             )
-        print(f"\nquality (cosine over the same {len(texts)} tweets; bars: cosine >= 0.99 / 0.97,"
-              f" the rest within {MAX_POINTS} points of torch)")
+        print(
+            f"\nquality (cosine over the same {len(texts)} tweets; bars: cosine >= 0.99 / 0.97,"
+            f" the rest within {MAX_POINTS} points of torch)"
+        )
         print_table(
             rows,
             ["backend", "cosine mean / worst", "Banking77 NMI / ARI", "TweetEval macro-recall",

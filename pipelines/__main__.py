@@ -75,9 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         default="int8",
         help="int8 (ENCODER_BACKEND=onnx-int8, committed), fp32 (onnx, 90 MB) or all",
     )
-    ex.add_argument(
-        "--sentiment-artifact", default=None, help="default: SENTIMENT_ARTIFACT"
-    )
+    ex.add_argument("--sentiment-artifact", default=None, help="default: SENTIMENT_ARTIFACT")
     ex.add_argument("--fixtures", default="fixtures/uxcx", help="calibration and check texts")
     ex.add_argument("--calibration-texts", type=int, default=600)
     ex.add_argument("--alpha", type=float, default=0.7, help="SmoothQuant migration strength")

@@ -189,7 +189,9 @@ def half_word_embeddings(encoder: Any) -> None:
     encoder.embeddings.word_embeddings = HalfEmbedding()
 
 
-def export(module: Any, args: tuple[Any, ...], path: Path, inputs: list[str], outputs: list[str]) -> None:
+def export(
+    module: Any, args: tuple[Any, ...], path: Path, inputs: list[str], outputs: list[str]
+) -> None:
     """torch.onnx.export with dynamic batch and sequence axes (TorchScript exporter)."""
     import torch
 
@@ -288,8 +290,10 @@ def main(args: Any) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     sentiment_dir = Path(args.sentiment_artifact)
-    precisions = ["onnx-int8", "onnx"] if args.precision == "all" else (
-        ["onnx"] if args.precision == "fp32" else ["onnx-int8"]
+    precisions = (
+        ["onnx-int8", "onnx"]
+        if args.precision == "all"
+        else (["onnx"] if args.precision == "fp32" else ["onnx-int8"])
     )
     # Eager attention traces into plain MatMul/Softmax that ONNX Runtime fuses itself.
     embedder = TransformerEmbedder(attn_implementation="eager")

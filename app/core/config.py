@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     encoder_backend: Literal["torch", "onnx", "onnx-int8"] = "onnx-int8"
     onnx_artifact: Path = DEFAULT_ONNX_ARTIFACT
     # Threads for the encoder: PyTorch's intra-op threads, or ONNX Runtime's parallel calls
-    # (and a lone text's intra-op threads). 0: one per core. TORCH_THREADS is the old name.
+    # (each single-threaded). 0: one per core. TORCH_THREADS is the old name.
     encoder_threads: int = Field(
         default=0, ge=0, validation_alias=AliasChoices("encoder_threads", "torch_threads")
     )

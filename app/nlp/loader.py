@@ -72,7 +72,9 @@ def load_embedder(settings: Settings) -> tuple[TransformerEmbedder, BranchRuntim
             encoder, branch = _onnx_runtimes(settings, backend)
         except Exception as exc:
             if settings.encoder_backend_explicit:
-                raise RuntimeArtifactError(f"ENCODER_BACKEND={backend} cannot start: {exc}") from exc
+                raise RuntimeArtifactError(
+                    f"ENCODER_BACKEND={backend} cannot start: {exc}"
+                ) from exc
             log.warning(
                 "encoder backend %s unavailable, falling back to torch: %s",
                 backend,
@@ -119,4 +121,3 @@ def load_analyzer(settings: Settings) -> Analyzer:
         },
     )
     return analyzer
-
