@@ -96,23 +96,20 @@ def _graph_modules(embedder: TransformerEmbedder, branch: Any) -> tuple[Any, Any
     return EncoderGraph(embedder.encoder).eval(), BranchGraph(branch).eval()
 
 
-class ScaledInput:
-    """Builds a module that multiplies its first input by 1/s before the wrapped module."""
+def scaled_input(inner: Any, inverse: Any) -> Any:
+    """A module that multiplies its first input by `inverse` (1/s) before `inner`."""
+    import torch
 
-    @staticmethod
-    def wrap(inner: Any, inverse: Any) -> Any:
-        import torch
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+            self.register_buffer("inverse", inverse)
 
-        class Scaled(torch.nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.inner = inner
-                self.register_buffer("inverse", inverse)
+        def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+            return self.inner(x * self.inverse, *args, **kwargs)
 
-            def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
-                return self.inner(x * self.inverse, *args, **kwargs)
-
-        return Scaled()
+    return Scaled()
 
 
 def input_ranges(module: Any, run: Callable[[], None]) -> dict[int, Any]:
@@ -157,7 +154,7 @@ def smooth_layers(layers: Sequence[Any], ranges: dict[int, Any], alpha: float) -
             s = _scale(ranges[id(q)], [q.weight, k.weight, v.weight], alpha)
             for lin in (q, k, v):
                 lin.weight.mul_(s[None, :])
-            att.self = ScaledInput.wrap(att.self, 1.0 / s)
+            att.self = scaled_input(att.self, 1.0 / s)
             # The attention output's input is a mix of value vectors: dividing the value
             # projection's output channels divides it exactly, with no extra operation.
             out = att.output.dense
@@ -169,7 +166,7 @@ def smooth_layers(layers: Sequence[Any], ranges: dict[int, Any], alpha: float) -
                 lin = getattr(holder, name)
                 s = _scale(ranges[id(lin)], [lin.weight], alpha)
                 lin.weight.mul_(s[None, :])
-                setattr(holder, name, ScaledInput.wrap(lin, 1.0 / s))
+                setattr(holder, name, scaled_input(lin, 1.0 / s))
 
 
 def half_word_embeddings(encoder: Any) -> None:

@@ -208,7 +208,7 @@ class TransformerEmbedder:
             for positions in self.runtime.plan.split([len(ids[k]) for k in order])
         ]
 
-        def forward(idx: list[int], alone: bool) -> tuple[list[int], Any, Any, dict[int, Any]]:
+        def forward(idx: list[int]) -> tuple[list[int], Any, Any, dict[int, Any]]:
             width = max(len(ids[k]) for k in idx)
             input_ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -218,7 +218,7 @@ class TransformerEmbedder:
                 input_ids[row, :m] = ids[k]
                 mask[row, :m] = 1
                 offsets[row, :m] = spans[k]
-            states = self.runtime.forward(input_ids, mask, wanted, alone=alone)
+            states = self.runtime.forward(input_ids, mask, wanted)
             return idx, mask, offsets, states
 
         for idx, mask, offsets, states in self.runtime.map(forward, batches):

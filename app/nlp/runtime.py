@@ -112,19 +112,17 @@ class OnnxGraph:
         self.outputs = [o.name for o in self._session.get_outputs()]
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx")
 
-    def run(
-        self, outputs: Sequence[str], feeds: dict[str, np.ndarray], *, alone: bool
-    ) -> list[Any]:
-        """Run the graph on the calling thread (`alone`: no other call of this batch runs)."""
+    def run(self, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[Any]:
+        """Run the graph on the calling thread."""
         result: list[Any] = self._session.run(list(outputs), feeds)
         return result
 
-    def map(self, fn: Callable[[T, bool], R], items: Sequence[T]) -> Iterator[R]:
-        """`fn(item, alone)` for every item: a lone one on the calling thread, several in the
-        pool (ONNX Runtime releases the GIL while it computes)."""
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
+        """`fn(item)` for every item: a lone one on the calling thread, several in the pool
+        (ONNX Runtime releases the GIL while it computes)."""
         if len(items) == 1 or self.threads == 1:
-            return iter([fn(item, len(items) == 1) for item in items])
-        return self._pool.map(lambda item: fn(item, False), items)
+            return iter([fn(item) for item in items])
+        return self._pool.map(fn, items)
 
 
 class TorchEncoder:
@@ -146,7 +144,7 @@ class TorchEncoder:
         self.plan = BatchPlan(max_texts=batch_size, max_tokens=0)
 
     def forward(
-        self, input_ids: np.ndarray, mask: np.ndarray, layers: Sequence[int], *, alone: bool
+        self, input_ids: np.ndarray, mask: np.ndarray, layers: Sequence[int]
     ) -> dict[int, np.ndarray]:
         """Hidden states of `layers` (0 = embeddings output), each (B, T, H) float32."""
         torch = self._torch
@@ -164,9 +162,9 @@ class TorchEncoder:
             for layer in layers
         }
 
-    def map(self, fn: Callable[[T, bool], R], items: Sequence[T]) -> Iterable[R]:
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterable[R]:
         """Batches one after another: PyTorch spreads each over the cores itself."""
-        return (fn(item, len(items) == 1) for item in items)
+        return (fn(item) for item in items)
 
 
 class OnnxEncoder:
@@ -187,17 +185,16 @@ class OnnxEncoder:
         self.plan = BatchPlan(max_texts=1, max_tokens=0)
 
     def forward(
-        self, input_ids: np.ndarray, mask: np.ndarray, layers: Sequence[int], *, alone: bool
+        self, input_ids: np.ndarray, mask: np.ndarray, layers: Sequence[int]
     ) -> dict[int, np.ndarray]:
         """Hidden states of `layers`, each (B, T, H) float32."""
         values = self.graph.run(
             [f"hidden_{layer}" for layer in layers],
             {"input_ids": input_ids, "attention_mask": mask},
-            alone=alone,
         )
         return dict(zip(layers, values, strict=True))
 
-    def map(self, fn: Callable[[T, bool], R], items: Sequence[T]) -> Iterator[R]:
+    def map(self, fn: Callable[[T], R], items: Sequence[T]) -> Iterator[R]:
         """Calls side by side on the graph's threads."""
         return self.graph.map(fn, items)
 

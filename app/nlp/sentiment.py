@@ -176,7 +176,7 @@ class TorchBranch:
         self._torch = torch
         self.module = module
 
-    def states(self, hidden: np.ndarray, mask: np.ndarray, *, alone: bool) -> np.ndarray:
+    def states(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Token states after the branch's layers, (B, T, H)."""
         torch = self._torch
         with torch.inference_mode():
@@ -186,7 +186,7 @@ class TorchBranch:
 
     def map(self, fn: Any, items: Sequence[Any]) -> Any:
         """One batch after another (PyTorch uses the cores itself)."""
-        return (fn(item, len(items) == 1) for item in items)
+        return (fn(item) for item in items)
 
 
 class OnnxBranch:
@@ -203,11 +203,9 @@ class OnnxBranch:
                 f"{self.graph.outputs}; expected (hidden, attention_mask) -> states"
             )
 
-    def states(self, hidden: np.ndarray, mask: np.ndarray, *, alone: bool) -> np.ndarray:
+    def states(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Token states after the branch's layers, (B, T, H)."""
-        out: np.ndarray = self.graph.run(
-            ["states"], {"hidden": hidden, "attention_mask": mask}, alone=alone
-        )[0]
+        out: np.ndarray = self.graph.run(["states"], {"hidden": hidden, "attention_mask": mask})[0]
         return out
 
     def map(self, fn: Any, items: Sequence[Any]) -> Any:
@@ -343,8 +341,8 @@ class BranchSentiment:
             for i in sent_sum
         }
 
-        def run(tap: TapBatch, alone: bool) -> tuple[TapBatch, np.ndarray]:
-            return tap, self.runtime.states(tap.hidden, tap.mask, alone=alone)
+        def run(tap: TapBatch) -> tuple[TapBatch, np.ndarray]:
+            return tap, self.runtime.states(tap.hidden, tap.mask)
 
         for tap, states in self.runtime.map(run, encoding.taps):
             mask = tap.mask.astype(np.float32)
