@@ -13,8 +13,11 @@ From the packaged all-MiniLM-L6-v2 weights and the sentiment artifact, determini
      the attention output the division is folded into the value projection; elsewhere it is
      one multiplication before the layer.
   2. Word embeddings stored as fp16 (half the bytes, no measurable change), the rest fp32.
-  3. ONNX Runtime dynamic quantisation of every weight matrix to int8, per output channel;
-     activations are quantised per call, and a call holds one text (`app.nlp.runtime`).
+  3. Every weight matrix as int8, one scale per output channel; every activation quantised to
+     uint8 when the graph runs, one scale per token (`quantize`), so a text's answer does not
+     depend on the texts that share its call and the service can run several per call
+     (`app.nlp.runtime`). Per-token ranges move the embeddings a quarter as much as one range
+     per call (ONNX Runtime's `quantize_dynamic`): mean cosine 0.9983 against 0.9957.
 
 A check follows on the held-out fixtures (never used for calibration): cosine of the
 embeddings to PyTorch fp32, and agreement of the sentiment labels. It is written to
@@ -208,27 +211,75 @@ def export(
 
 
 def quantize(src: Path, dst: Path) -> None:
-    """Dynamic int8: weight matrices per output channel, activations per call."""
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    """int8 weights per output channel, activations per token (per row of each matrix).
 
-    graph = onnx.load(str(src), load_external_data=False).graph
-    constants = {i.name for i in graph.initializer}
-    # Products of two activations (attention scores, their mix of values) stay fp32.
-    activation_products = [
-        n.name
-        for n in graph.node
-        if n.op_type == "MatMul" and not any(i in constants for i in n.input)
+    Each weight matrix W (K x N) is stored as int8 with one scale per output column. Each
+    activation X (..., T, K) is quantised row by row when the graph runs: s = max|X_t| / 127,
+    X_t / s + 128 as uint8 (ONNX Runtime's u8 x s8 integer kernels, VNNI on these CPUs), so a
+    token's range is its own, whatever the other tokens or texts of the call hold. Inputs
+    shared by several layers (query, key, value) are quantised once. Products of two
+    activations (attention scores, their mix of values) stay fp32."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    weights = {i.name: i for i in graph.initializer}
+    consts = [
+        numpy_helper.from_array(np.array(127.0, np.float32), "q_127"),
+        numpy_helper.from_array(np.array(1.0 / 127.0, np.float32), "q_inv_127"),
+        numpy_helper.from_array(np.array(1e-12, np.float32), "q_eps"),
+        numpy_helper.from_array(np.array(128.5, np.float32), "q_shift"),
+        numpy_helper.from_array(np.array(128, np.uint8), "q_zero"),
     ]
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul"],
-        nodes_to_exclude=activation_products,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    nodes: list[Any] = []
+    quantized: dict[str, tuple[str, str]] = {}
+    replaced: set[str] = set()
+    added: list[Any] = []
+    for node in graph.node:
+        x, w = (list(node.input) + ["", ""])[:2]
+        matrix = weights.get(w)
+        if node.op_type != "MatMul" or matrix is None or x in weights or len(matrix.dims) != 2:
+            nodes.append(node)
+            continue
+        if x not in quantized:
+            p = f"{x}.q"
+            nodes += [
+                helper.make_node("Abs", [x], [f"{p}.abs"]),
+                helper.make_node("ReduceMax", [f"{p}.abs"], [f"{p}.max"], axes=[-1], keepdims=1),
+                helper.make_node("Max", [f"{p}.max", "q_eps"], [f"{p}.range"]),
+                helper.make_node("Div", ["q_127", f"{p}.range"], [f"{p}.inv"]),
+                helper.make_node("Mul", [x, f"{p}.inv"], [f"{p}.scaled"]),
+                # Adding 128.5 and truncating rounds to the nearest step in 1..255.
+                helper.make_node("Add", [f"{p}.scaled", "q_shift"], [f"{p}.shifted"]),
+                helper.make_node("Cast", [f"{p}.shifted"], [f"{p}.u8"], to=TensorProto.UINT8),
+                helper.make_node("Mul", [f"{p}.range", "q_inv_127"], [f"{p}.scale"]),
+            ]
+            quantized[x] = (f"{p}.u8", f"{p}.scale")
+        xq, xs = quantized[x]
+        array = numpy_helper.to_array(matrix).astype(np.float32)
+        scale = np.maximum(np.abs(array).max(axis=0), 1e-12) / 127.0
+        levels = np.clip(np.round(array / scale), -127, 127).astype(np.int8)
+        added += [
+            numpy_helper.from_array(levels, f"{w}.int8"),
+            numpy_helper.from_array(scale.astype(np.float32), f"{w}.scale"),
+        ]
+        replaced.add(w)
+        y = node.output[0]
+        nodes += [
+            helper.make_node("MatMulInteger", [xq, f"{w}.int8", "q_zero"], [f"{y}.i32"]),
+            helper.make_node("Cast", [f"{y}.i32"], [f"{y}.f32"], to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{y}.f32", f"{w}.scale"], [f"{y}.cols"]),
+            helper.make_node("Mul", [f"{y}.cols", xs], [y]),
+        ]
+    still_used = {i for n in nodes for i in n.input}
+    kept = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept + consts + added)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(dst))
 
 
 def _sample_inputs(embedder: TransformerEmbedder) -> tuple[Any, Any]:
@@ -372,8 +423,8 @@ def main(args: Any) -> dict[str, Any]:
             config["int8"] = {
                 "smoothing_alpha": args.alpha,
                 "calibration": f"first {len(calibration)} training-split UX/CX fixtures by id",
-                "weights": "int8 per output channel (ONNX Runtime quantize_dynamic)",
-                "activations": "uint8 per call (one text per call)",
+                "weights": "int8 per output channel",
+                "activations": "uint8 per token",
                 "word_embeddings": "fp16",
             }
         log.info(
@@ -398,7 +449,7 @@ def _calibrate(
     hidden_states: list[tuple[Any, Any]] = []
 
     def run_encoder() -> None:
-        # One text at a time, as the service runs them: no padding in the ranges.
+        # One text at a time: no padding in the ranges.
         with torch.no_grad():
             for text in texts:
                 batch = embedder.tokenizer(
