@@ -91,7 +91,7 @@ def write_results(
     current = {
         (int(i), int(r))
         for i, r in session.execute(
-            select(Ticket.id, Ticket.revision).where(
+            select(col(Ticket.id), col(Ticket.revision)).where(
                 col(Ticket.id).in_([item.id for item in claimed]),
                 col(Ticket.status) == AnalysisStatus.pending.value,
             )

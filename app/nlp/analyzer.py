@@ -66,6 +66,8 @@ class Analyzer:
             tap_layer=self.sentiment.tap_layer,
             pool_layers=self.uxcx.pool_layers,
             keep_tokens=self.uxcx.needs_tokens,
+            # The branch sentiment scorer's layers run right after the encoder's, per batch.
+            tap_states=getattr(self.sentiment, "tap_states", None),
         )
         embeddings = encoding.embeddings
         keep = [i for i, lang in enumerate(languages) if lang.supported]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,8 @@ class TapBatch:
     hidden: np.ndarray  # (B, T, H) float32
     mask: np.ndarray  # (B, T) int64, 1 for real tokens
     offsets: np.ndarray  # (B, T, 2) character spans inside the *text*; (0, 0) for specials
+    # What `encode(tap_states=...)` made of `hidden`, on the encoder's thread for this batch.
+    states: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -169,6 +171,7 @@ class TransformerEmbedder:
         tap_layer: int | None = None,
         pool_layers: Sequence[int] = (),
         keep_tokens: bool = False,
+        tap_states: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     ) -> Encoding:
         """One pass over `texts`.
 
@@ -176,6 +179,8 @@ class TransformerEmbedder:
         the hidden states of that layer, for the sentiment branch. `pool_layers`: the same
         pooling of intermediate layers too (`Encoding.pooled`). `keep_tokens`: the token states
         of the final and pooled layers, so an analyser can split its decision over the tokens.
+        `tap_states(hidden, mask)`: run on each batch's tapped states right after the encoder,
+        on the same thread (the sentiment branch), kept as `TapBatch.states`.
         """
         n = len(texts)
         out = np.zeros((n, self.dim), dtype=np.float32)
@@ -207,8 +212,13 @@ class TransformerEmbedder:
             [order[p] for p in positions]
             for positions in self.runtime.plan.split([len(ids[k]) for k in order])
         ]
+        # Longest first: calls side by side then finish together, instead of one thread
+        # running the longest call alone at the end.
+        batches.reverse()
 
-        def forward(idx: list[int]) -> tuple[list[int], Any, Any, dict[int, Any]]:
+        def forward(idx: list[int]) -> tuple[list[int], Any, Any, dict[int, Any], Any, Any]:
+            # Runs on the runtime's threads: everything per batch happens here, so that the
+            # calling thread only adds up small per-text sums.
             width = max(len(ids[k]) for k in idx)
             input_ids = np.zeros((len(idx), width), dtype=np.int64)
             mask = np.zeros((len(idx), width), dtype=np.int64)
@@ -219,15 +229,19 @@ class TransformerEmbedder:
                 mask[row, :m] = 1
                 offsets[row, :m] = spans[k]
             states = self.runtime.forward(input_ids, mask, wanted)
-            return idx, mask, offsets, states
-
-        for idx, mask, offsets, states in self.runtime.map(forward, batches):
-            owners = np.array([units[k].text_index for k in idx])
             weights = mask[..., None].astype(np.float32)
             # Mean pooling over every token of every chunk of a text: for a text that fits
             # in one chunk this is exactly sentence-transformers' mean pooling.
+            token_sums = {layer: (states[layer] * weights).sum(1) for layer in layers}
+            tapped = None
+            if tap_states is not None and tap_layer is not None:
+                tapped = tap_states(states[tap_layer], mask)
+            return idx, mask, offsets, states, token_sums, tapped
+
+        for idx, mask, offsets, states, token_sums, tapped in self.runtime.map(forward, batches):
+            owners = np.array([units[k].text_index for k in idx])
             for layer in layers:
-                np.add.at(sums[layer], owners, (states[layer] * weights).sum(1))
+                np.add.at(sums[layer], owners, token_sums[layer])
             np.add.at(token_counts, owners, mask.sum(1).astype(np.float32))
             if tap_layer is not None or keep_tokens:
                 shift = np.array([units[k].start for k in idx]).reshape(-1, 1, 1)
@@ -240,6 +254,7 @@ class TransformerEmbedder:
                             hidden=states[tap_layer],
                             mask=mask,
                             offsets=text_offsets,
+                            states=tapped,
                         )
                     )
                 if keep_tokens:

@@ -320,6 +320,11 @@ class BranchSentiment:
         out: np.ndarray = e / e.sum(axis=-1, keepdims=True)
         return out
 
+    def tap_states(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The branch's token states for one batch of tapped hidden states (for
+        `TransformerEmbedder.encode(tap_states=...)`, which runs it beside the encoder)."""
+        return self.runtime.states(hidden, mask)
+
     def score(self, texts: Sequence[str], encoding: Encoding | None = None) -> list[Sentiment]:
         """Score texts from the tapped hidden states of the shared encoder pass."""
         if encoding is None or encoding.tap_layer != self.tap_layer:
@@ -344,7 +349,10 @@ class BranchSentiment:
         def run(tap: TapBatch) -> tuple[TapBatch, np.ndarray]:
             return tap, self.runtime.states(tap.hidden, tap.mask)
 
-        for tap, states in self.runtime.map(run, encoding.taps):
+        # Batches whose branch states came with the encoder pass (`tap_states`) need no call.
+        ready = [(tap, tap.states) for tap in encoding.taps if tap.states is not None]
+        missing = [tap for tap in encoding.taps if tap.states is None]
+        for tap, states in [*ready, *self.runtime.map(run, missing)]:
             mask = tap.mask.astype(np.float32)
             owners = [encoding.units[u].text_index for u in tap.units]
             np.add.at(text_sum, owners, (states * mask[..., None]).sum(1))
