@@ -151,18 +151,31 @@ class TransformerEmbedder:
 
     def split(self, texts: Sequence[str]) -> list[Unit]:
         """Units that fit the encoder: whole texts, or sentence-aligned chunks of long ones."""
+        return self._split(texts)[0]
+
+    def _split(
+        self, texts: Sequence[str]
+    ) -> tuple[list[Unit], dict[int, tuple[list[int], list[tuple[int, int]]]]]:
+        """`split`, and for each unit that is a whole text its encoder input (token ids and
+        character spans, with [CLS] and [SEP]), so that text is not tokenised twice."""
         room = self.max_tokens - 2  # [CLS] and [SEP]
         tokenized = self.tokenizer(
             list(texts), add_special_tokens=False, return_offsets_mapping=True
         )
+        cls, sep = self.tokenizer.cls_token_id, self.tokenizer.sep_token_id
         units: list[Unit] = []
+        inputs: dict[int, tuple[list[int], list[tuple[int, int]]]] = {}
         for i, text in enumerate(texts):
             offsets = tokenized["offset_mapping"][i]
             if len(offsets) <= room:
+                inputs[len(units)] = (
+                    [cls, *tokenized["input_ids"][i], sep],
+                    [(0, 0), *offsets, (0, 0)],
+                )
                 units.append(Unit(i, 0, len(text)))
                 continue
             units.extend(Unit(i, s, e) for s, e in token_chunks(text, offsets, room))
-        return units
+        return units, inputs
 
     def encode(
         self,
@@ -184,7 +197,7 @@ class TransformerEmbedder:
         """
         n = len(texts)
         out = np.zeros((n, self.dim), dtype=np.float32)
-        units = self.split(texts) if n else []
+        units, whole = self._split(texts) if n else ([], {})
         encoding = Encoding(embeddings=out, units=units, tap_layer=tap_layer)
         if not units:
             return encoding
@@ -195,17 +208,26 @@ class TransformerEmbedder:
             wanted.append(tap_layer)
         sums = {layer: np.zeros((n, self.dim), dtype=np.float32) for layer in layers}
         token_counts = np.zeros(n, dtype=np.float32)
-        unit_texts = [texts[u.text_index][u.start : u.end] for u in units]
-        tokenized = self.tokenizer(
-            unit_texts,
-            truncation=True,
-            max_length=self.max_tokens,
-            return_offsets_mapping=True,
-            return_attention_mask=False,
-            return_token_type_ids=False,
+        # Chunks of long texts are tokenised on their own; whole texts were already.
+        chunked = [k for k in range(len(units)) if k not in whole]
+        tokenized = (
+            self.tokenizer(
+                [texts[units[k].text_index][units[k].start : units[k].end] for k in chunked],
+                truncation=True,
+                max_length=self.max_tokens,
+                return_offsets_mapping=True,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )
+            if chunked
+            else {"input_ids": [], "offset_mapping": []}
         )
-        ids: list[list[int]] = tokenized["input_ids"]
-        spans: list[list[tuple[int, int]]] = tokenized["offset_mapping"]
+        ids: list[list[int]] = [[] for _ in units]
+        spans: list[list[tuple[int, int]]] = [[] for _ in units]
+        for k, (unit_ids, unit_spans) in whole.items():
+            ids[k], spans[k] = unit_ids, unit_spans
+        for j, k in enumerate(chunked):
+            ids[k], spans[k] = tokenized["input_ids"][j], tokenized["offset_mapping"][j]
         # Sorting by length keeps padding, and so wasted compute, small within a batch.
         order = sorted(range(len(units)), key=lambda k: len(ids[k]))
         batches = [
