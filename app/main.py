@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from app.clusters.router import router as clusters_router
+from app.clusters.service import ClusterIndexCache
 from app.core.auth import ApiKeyDep
 from app.core.body import OPENAPI_SCHEMAS
 from app.core.config import Settings, get_settings
@@ -56,6 +57,7 @@ def build_services(settings: Settings, analyzer: Analyzer | None = None) -> Serv
         author_salt=settings.resolved_author_salt(),
         api_keys=settings.resolved_api_keys(),
         batcher=StoreBatcher(engine),
+        clusters=ClusterIndexCache(engine),
     )
 
 

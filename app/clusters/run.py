@@ -27,6 +27,7 @@ from sqlmodel import Session, col, select
 
 from app.clusters.algorithm import ClusterParams, cluster_embeddings, renumber
 from app.clusters.models import Cluster, ClusterMember, ClusterRun, RunStatus
+from app.clusters.service import clusters_changed
 from app.clusters.titles import key_phrases, title_for
 from app.core.db import begin_write, utcnow
 from app.nlp.analyzer import compose_text
@@ -314,6 +315,7 @@ def execute_run(
     try:
         with Session(engine, expire_on_commit=False) as session:
             result = _compute_and_write(session, run_id, nlp=nlp, params=params, started=started)
+        clusters_changed()
         return result
     except Exception as exc:
         log.exception("cluster run failed", extra={"stage": "cluster", "run": run_id})

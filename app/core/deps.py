@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from app.clusters.service import ClusterIndexCache
 from app.core.config import Settings
 from app.enrich.queue import WorkSignal
 from app.ingest.batcher import StoreBatcher
@@ -31,6 +32,7 @@ class Services:
     author_salt: str
     api_keys: tuple[str, ...] = ()
     batcher: StoreBatcher | None = None
+    clusters: ClusterIndexCache | None = None
 
 
 async def get_services(request: Request) -> Services:

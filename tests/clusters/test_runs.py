@@ -237,3 +237,20 @@ def test_clusters_of_another_encoder_are_ignored_not_a_500(
     r = client.post("/v1/triage", json={"text": "The app crashes when I log in"})
     assert r.status_code == 200 and r.json()["cluster"] is None
     assert r.json()["uxcx"]["label"] == "UX"
+
+
+def test_triage_cluster_cache_rereads_after_a_change_here_or_its_ttl(engine: Engine) -> None:
+    """Triage reads the clusters from a per-process cache: a change made by this process
+    shows at once, one made elsewhere (written straight to the database) after `ttl_s`."""
+    from app.clusters.service import ClusterIndexCache, clusters_changed
+
+    cached = ClusterIndexCache(engine, ttl_s=3600)
+    fresh = ClusterIndexCache(engine, ttl_s=0)
+    assert cached.get().ids == [] and fresh.get().ids == []
+    with Session(engine) as s:
+        s.add(Cluster(title="login fails", size=3, centroid=np.ones(384, "<f4").tobytes()))
+        s.commit()
+    assert cached.get().ids == []  # another process's change: not seen until the TTL ends
+    assert fresh.get().titles == ["login fails"]
+    clusters_changed()  # what a run or a merge in this process calls
+    assert cached.get().titles == ["login fails"]
