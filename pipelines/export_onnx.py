@@ -210,7 +210,7 @@ def export(
         )
 
 
-def quantize(src: Path, dst: Path) -> None:
+def quantize(src: Path, dst: Path, *, rows_of: str = "attention_mask") -> None:
     """int8 weights per output channel, activations per token (per row of each matrix).
 
     Each weight matrix W (K x N) is stored as int8 with one scale per output column. Each
@@ -220,7 +220,11 @@ def quantize(src: Path, dst: Path) -> None:
     uses ONNX Runtime's fused operators where one exists (per-row QuantizeLinear,
     MatMulIntegerToFloat): measured, the elementwise steps of plain ops took half the time. Inputs
     shared by several layers (query, key, value) are quantised once. Products of two
-    activations (attention scores, their mix of values) stay fp32."""
+    activations (attention scores, their mix of values) stay fp32.
+
+    Every activation of these graphs is (batch, tokens, K), the shape of the `rows_of` input
+    (the attention mask) plus one axis: the shapes and zero points are made once per graph,
+    not per layer (each small operator costs microseconds, a real share for one text)."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -231,11 +235,17 @@ def quantize(src: Path, dst: Path) -> None:
         numpy_helper.from_array(np.array(1.0 / 127.0, np.float32), "q_inv_127"),
         numpy_helper.from_array(np.array(1e-12, np.float32), "q_eps"),
         numpy_helper.from_array(np.array(128, np.uint8), "q_zero"),
-        numpy_helper.from_array(np.array([0], np.int64), "q_first"),
         numpy_helper.from_array(np.array([-1], np.int64), "q_last"),
     ]
-    nodes: list[Any] = []
-    quantized: dict[str, tuple[str, str, str]] = {}
+    if rows_of not in {i.name for i in graph.input}:
+        raise ValueError(f"{src} has no input {rows_of!r} to take the rows' shape from")
+    nodes: list[Any] = [
+        helper.make_node("Shape", [rows_of], ["q_lead"]),
+        helper.make_node("ReduceProd", ["q_lead"], ["q_count"], keepdims=1),
+        helper.make_node("Expand", ["q_zero", "q_count"], ["q_zeros"]),
+    ]
+    out_shapes: set[int] = set()
+    quantized: dict[str, tuple[str, str]] = {}
     replaced: set[str] = set()
     added: list[Any] = []
     for node in graph.node:
@@ -250,8 +260,6 @@ def quantize(src: Path, dst: Path) -> None:
             p = f"{x}.q"
             added.append(numpy_helper.from_array(np.array([-1, k], np.int64), f"{p}.rows_shape"))
             nodes += [
-                helper.make_node("Shape", [x], [f"{p}.shape"]),
-                helper.make_node("Slice", [f"{p}.shape", "q_first", "q_last"], [f"{p}.lead"]),
                 helper.make_node("Reshape", [x, f"{p}.rows_shape"], [f"{p}.rows"]),
                 helper.make_node("ReduceMax", [f"{p}.rows"], [f"{p}.hi"], axes=[1], keepdims=1),
                 helper.make_node("ReduceMin", [f"{p}.rows"], [f"{p}.lo"], axes=[1], keepdims=1),
@@ -259,24 +267,27 @@ def quantize(src: Path, dst: Path) -> None:
                 helper.make_node("Max", [f"{p}.hi", f"{p}.neg_lo", "q_eps"], [f"{p}.range"]),
                 helper.make_node("Mul", [f"{p}.range", "q_inv_127"], [f"{p}.scale"]),
                 helper.make_node("Reshape", [f"{p}.scale", "q_last"], [f"{p}.scale_1d"]),
-                helper.make_node("Shape", [f"{p}.scale_1d"], [f"{p}.count"]),
-                helper.make_node("Expand", ["q_zero", f"{p}.count"], [f"{p}.zero_1d"]),
                 helper.make_node(
                     "QuantizeLinear",
-                    [f"{p}.rows", f"{p}.scale_1d", f"{p}.zero_1d"],
+                    [f"{p}.rows", f"{p}.scale_1d", "q_zeros"],
                     [f"{p}.u8"],
                     axis=0,
                 ),
             ]
-            quantized[x] = (f"{p}.u8", f"{p}.scale", f"{p}.lead")
-        xq, xs, lead = quantized[x]
+            quantized[x] = (f"{p}.u8", f"{p}.scale")
+        xq, xs = quantized[x]
+        if n not in out_shapes:
+            out_shapes.add(n)
+            added.append(numpy_helper.from_array(np.array([n], np.int64), f"q_width_{n}"))
+            nodes.append(
+                helper.make_node("Concat", ["q_lead", f"q_width_{n}"], [f"q_shape_{n}"], axis=0)
+            )
         array = numpy_helper.to_array(matrix).astype(np.float32)
         scale = np.maximum(np.abs(array).max(axis=0), 1e-12) / 127.0
         levels = np.clip(np.round(array / scale), -127, 127).astype(np.int8)
         added += [
             numpy_helper.from_array(levels, f"{w}.int8"),
             numpy_helper.from_array(scale.astype(np.float32), f"{w}.scale"),
-            numpy_helper.from_array(np.array([n], np.int64), f"{w}.width"),
         ]
         replaced.add(w)
         y = node.output[0]
@@ -290,8 +301,7 @@ def quantize(src: Path, dst: Path) -> None:
                 [f"{y}.rows"],
                 domain="com.microsoft",
             ),
-            helper.make_node("Concat", [lead, f"{w}.width"], [f"{y}.shape"], axis=0),
-            helper.make_node("Reshape", [f"{y}.rows", f"{y}.shape"], [y]),
+            helper.make_node("Reshape", [f"{y}.rows", f"q_shape_{n}"], [y]),
         ]
     still_used = {i for n in nodes for i in n.input}
     kept = [i for i in graph.initializer if i.name not in replaced or i.name in still_used]
