@@ -36,8 +36,8 @@ ONNX_FILES = {
     "onnx-int8": ("encoder.int8.onnx", "sentiment-branch.int8.onnx"),
 }
 # Texts per ONNX call, and rows x longest row. Measured on 2,000 support tweets with the int8
-# encoder, two calls side by side: 532 texts/s one text per call, 884 with this plan, 818 with
-# 16 texts and 699 with 32 (more padding, and activations that no longer stay in cache).
+# encoder, two calls side by side: 537 texts/s one text per call, 900-1,000 with this plan or
+# with 16 texts (the same within this machine's noise), 833 with 32 (more padding).
 ONNX_PLAN = (8, 1024)
 T = TypeVar("T")
 R = TypeVar("R")
