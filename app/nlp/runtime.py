@@ -3,14 +3,14 @@
 Picked by ENCODER_BACKEND:
 - `torch`: the packaged weights in PyTorch fp32, batches of up to 32 texts sorted by length.
 - `onnx`: the same graph exported to ONNX, fp32, in ONNX Runtime.
-- `onnx-int8`: that graph with int8 weights (per output channel) and int8 activations
-  quantised on the fly, after SmoothQuant-style rescaling (see `pipelines/export_onnx.py`).
+- `onnx-int8`: that graph with int8 weights (per output channel) and activations quantised
+  to uint8 per token as it runs, after SmoothQuant-style rescaling (`pipelines/export_onnx.py`).
 
 ONNX Runtime runs calls of up to 8 texts of similar length (`ONNX_PLAN`), each call on one
 thread, `ENCODER_THREADS` calls side by side: int8 activations are quantised per token, so a
 text's answer does not depend on which texts share its call, and small single-threaded calls
-on two cores beat one two-threaded call on a large padded batch (measured in
-`bench/encoder.py`). A lone text (triage) runs on one thread too: that is faster than two.
+on two cores beat larger padded batches (see `ONNX_PLAN`). A lone text (triage) runs on one
+thread too: that is faster than two.
 """
 
 from __future__ import annotations
