@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlmodel import Session, select
 
 from app.core.config import Settings
@@ -78,6 +78,17 @@ def test_worker_finishes_a_batch_with_real_analysis(
     assert tickets[spanish.ticket_id].language_supported is False
     assert spanish.sentiment_label is None and spanish.uxcx_label is None
     assert spanish.team == "triage"
+    # Its JSON columns are SQL NULL (not JSON null), as for any row written with no value.
+    with engine.connect() as conn:
+        nulls = conn.execute(
+            text(
+                "SELECT count(*) FROM ticket_analysis WHERE ticket_id = :t AND "
+                "sentiment_probabilities IS NULL AND uxcx_probabilities IS NULL AND "
+                "uxcx_evidence IS NULL AND sentiment_most_negative IS NULL"
+            ),
+            {"t": spanish.ticket_id},
+        ).scalar_one()
+    assert nulls == 1
     body = client.get(f"/v1/tickets/{spanish.ticket_id}").json()
     assert "not English" in body["analysis"]["note"]
 

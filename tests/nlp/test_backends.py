@@ -20,6 +20,7 @@ from app.nlp.analyzer import Analyzer
 from app.nlp.embedder import TransformerEmbedder
 from app.nlp.loader import load_analyzer
 from app.nlp.runtime import BatchPlan, RuntimeArtifactError
+from app.nlp.sentiment import BranchSentiment
 from pipelines.__main__ import main as pipelines_main
 from tests.helpers import AUTH
 
@@ -237,3 +238,16 @@ def test_triage_on_each_backend(
 def test_torch_embedder_is_the_reference(torch_embedder: TransformerEmbedder) -> None:
     assert torch_embedder.backend == "torch"
     assert torch_embedder.embed(TEXTS[:2]).shape == (2, 384)
+
+
+def test_branch_run_beside_the_encoder_equals_a_separate_pass(analyzer: Analyzer) -> None:
+    # The analyzer runs the sentiment branch on the encoder's thread (`tap_states`); scoring
+    # an encoding without those states runs the branch afterwards: same answers.
+    sentiment = analyzer.sentiment
+    assert isinstance(sentiment, BranchSentiment)
+    tap = sentiment.tap_layer
+    beside = analyzer.embedder.encode(TEXTS, tap_layer=tap, tap_states=sentiment.tap_states)
+    after = analyzer.embedder.encode(TEXTS, tap_layer=tap)
+    assert all(t.states is not None for t in beside.taps)
+    assert all(t.states is None for t in after.taps)
+    assert sentiment.score(TEXTS, beside) == sentiment.score(TEXTS, after)
