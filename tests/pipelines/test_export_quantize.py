@@ -1,0 +1,73 @@
+"""The int8 rewrite of `pipelines/export_onnx.py` on a small graph: per-token math, exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from pipelines.export_onnx import quantize
+
+
+def _linear_graph(path: Path, w: np.ndarray, b: np.ndarray) -> None:
+    """x (B, T, K) -> x @ w + b, with the (B, T) attention mask the rewrite takes shapes from."""
+    k = w.shape[0]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["xw"]),
+            helper.make_node("Add", ["xw", "b"], ["y"]),
+        ],
+        "linear",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", k]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def test_per_token_int8_matches_its_definition(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((64, 24)) * 0.1).astype(np.float32)
+    b = rng.standard_normal(24).astype(np.float32)
+    _linear_graph(tmp_path / "plain.onnx", w, b)
+    quantize(tmp_path / "plain.onnx", tmp_path / "int8.onnx")
+    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+
+    x = rng.standard_normal((3, 5, 64)).astype(np.float32)
+    x[1, 2] *= 40.0  # one loud token: per-token ranges keep it from flattening the others
+    got = session.run(["y"], {"x": x, "attention_mask": np.ones((3, 5), np.int64)})[0]
+
+    # The definition: weights int8 per output column, each token's row uint8 with its own scale.
+    w_scale = np.abs(w).max(axis=0) / 127.0
+    w_levels = np.clip(np.round(w / w_scale), -127, 127)
+    rows = x.reshape(-1, 64)
+    x_scale = np.abs(rows).max(axis=1, keepdims=True) / 127.0
+    x_levels = np.clip(np.round(rows / x_scale), -127, 127)
+    want = ((x_levels @ w_levels) * x_scale * w_scale + b).reshape(3, 5, 24)
+    assert got.shape == (3, 5, 24)
+    assert np.allclose(got, want, rtol=1e-5, atol=1e-4)
+    # And close to the fp32 layer, the loud token included.
+    assert np.abs(got - (x @ w + b)).max() < 0.05 * np.abs(x @ w + b).max()
+    # A token's answer is its own: the same row alone gives the same numbers.
+    alone = session.run(["y"], {"x": x[:1, :1], "attention_mask": np.ones((1, 1), np.int64)})[0]
+    assert np.array_equal(alone[0, 0], got[0, 0])
+
+
+def test_graph_without_the_mask_input_is_refused(tmp_path: Path) -> None:
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "no-mask",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")],
+    )
+    onnx.save(helper.make_model(graph), str(tmp_path / "plain.onnx"))
+    with pytest.raises(ValueError, match="attention_mask"):
+        quantize(tmp_path / "plain.onnx", tmp_path / "int8.onnx")
