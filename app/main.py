@@ -55,9 +55,9 @@ def build_services(settings: Settings, analyzer: Analyzer | None = None) -> Serv
         sources=SourceRegistry(settings.extra_sources),
         signal=WorkSignal(),
         author_salt=settings.resolved_author_salt(),
+        clusters=ClusterIndexCache(engine),
         api_keys=settings.resolved_api_keys(),
         batcher=StoreBatcher(engine),
-        clusters=ClusterIndexCache(engine),
     )
 
 

@@ -30,9 +30,9 @@ class Services:
     sources: SourceRegistry
     signal: WorkSignal
     author_salt: str
+    clusters: ClusterIndexCache  # the current clusters, for triage
     api_keys: tuple[str, ...] = ()
     batcher: StoreBatcher | None = None
-    clusters: ClusterIndexCache | None = None
 
 
 async def get_services(request: Request) -> Services:

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from sqlmodel import Session
 from starlette.concurrency import run_in_threadpool
 
-from app.clusters.service import ClusterIndex
 from app.core.body import json_body_openapi, parse_json, read_body, validate
 from app.core.deps import ServicesDep
 from app.triage import service as triage_service
@@ -35,16 +33,11 @@ async def triage(request: Request, services: ServicesDep) -> TriagePublic:
     def run() -> TriagePublic:
         # One trip to the thread pool for the clusters and the analysis (each trip costs
         # a context switch, which is a real share of a few milliseconds).
-        if services.clusters is not None:
-            clusters = services.clusters.get()
-        else:
-            with Session(services.engine) as session:
-                clusters = ClusterIndex.load(session)
         return triage_service.triage(
             text,
             analyzer=services.analyzer,
             routing=services.routing,
-            clusters=clusters,
+            clusters=services.clusters.get(),
             min_cosine=settings.cluster_assign_min_cosine,
         )
 
