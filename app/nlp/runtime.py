@@ -4,7 +4,9 @@ Picked by ENCODER_BACKEND:
 - `torch`: the packaged weights in PyTorch fp32, batches of up to 32 texts sorted by length.
 - `onnx`: the same graph exported to ONNX, fp32, in ONNX Runtime.
 - `onnx-int8`: that graph with int8 weights (per output channel) and activations quantised
-  to uint8 per token as it runs, after SmoothQuant-style rescaling (`pipelines/export_onnx.py`).
+  to uint8 per token as it runs, after SmoothQuant-style rescaling, with a few outlier input
+  channels per layer in fp32 (`pipelines/export_onnx.py`). On a CPU without VNNI the weights
+  are loaded as uint8 (`unsigned_weights`), so the integer sums are exact there too.
 
 ONNX Runtime runs calls of up to 8 texts of similar length (`ONNX_PLAN`), each call on one
 thread, `ENCODER_THREADS` calls side by side: int8 activations are quantised per token, so a
@@ -19,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -89,6 +92,46 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def has_vnni(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU multiplies u8 x s8 with VNNI (int32 sums, exact). Without it ONNX
+    Runtime uses AVX2's VPMADDUBSW, which saturates pairs of products at 16 bits; unknown
+    (not Linux) counts as without."""
+    try:
+        flags = cpuinfo.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_vnni|avx_vnni|amx_int8)\b", flags) is not None
+
+
+def unsigned_weights(model: Any) -> int:
+    """Store every int8 weight of `model`'s MatMulIntegerToFloat nodes as uint8 with zero
+    point 128, in place; returns how many. ONNX Runtime then multiplies u8 x u8 through 16-bit
+    products that cannot saturate, so the integer sums are the exact ones VNNI gives."""
+    from onnx import TensorProto, numpy_helper
+
+    weights = {i.name: i for i in model.graph.initializer}
+    zero = "u8_weight_zero_point"
+    done: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type != "MatMulIntegerToFloat" or len(node.input) < 2:
+            continue
+        w = weights.get(node.input[1])
+        if w is None or (w.data_type != TensorProto.INT8 and w.name not in done):
+            continue
+        if len(node.input) > 5 and node.input[5]:
+            continue  # a weight zero point of its own: not this project's rewrite
+        if w.name not in done:
+            levels = numpy_helper.to_array(w).astype(np.int16) + 128
+            w.CopyFrom(numpy_helper.from_array(levels.astype(np.uint8), w.name))
+            done.add(w.name)
+        while len(node.input) < 5:
+            node.input.append("")
+        node.input.append(zero)
+    if done:
+        model.graph.initializer.append(numpy_helper.from_array(np.array(128, np.uint8), zero))
+    return len(done)
+
+
 class OnnxGraph:
     """One ONNX graph in one single-threaded session, called from `threads` threads at once.
 
@@ -96,10 +139,14 @@ class OnnxGraph:
     (waking the second thread for every operator costs more than it saves), so a lone text
     (triage) also runs on one thread, and several texts run side by side."""
 
-    def __init__(self, path: Path, *, threads: int) -> None:
+    def __init__(self, path: Path, *, threads: int, vnni: bool | None = None) -> None:
         import onnxruntime as ort
 
         self.path = path
+        self.unsigned_weights = 0
+        source: str | bytes = str(path)
+        if not (has_vnni() if vnni is None else vnni):
+            source = self._without_saturation(path)
         self.threads = cpu_threads(threads)
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
@@ -109,13 +156,32 @@ class OnnxGraph:
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
+                source, options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise RuntimeArtifactError(f"ONNX graph {path} could not be loaded: {exc}") from exc
         self.inputs = [i.name for i in self._session.get_inputs()]
         self.outputs = [o.name for o in self._session.get_outputs()]
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="onnx")
+
+    def _without_saturation(self, path: Path) -> str | bytes:
+        """The graph with unsigned weights (see `unsigned_weights`) when it has int8 ones."""
+        import onnx
+
+        try:
+            model = onnx.load(str(path))
+        except Exception as exc:  # a corrupt file: let ONNX Runtime name the problem
+            log.debug("onnx could not parse the graph", extra={"stage": "load", "error": str(exc)})
+            return str(path)
+        self.unsigned_weights = unsigned_weights(model)
+        if not self.unsigned_weights:
+            return str(path)
+        log.info(
+            "int8 weights run as uint8: this CPU has no VNNI, and u8 x s8 would saturate",
+            extra={"stage": "load", "path": str(path), "weights": self.unsigned_weights},
+        )
+        data: bytes = model.SerializeToString()
+        return data
 
     def run(self, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[Any]:
         """Run the graph on the calling thread."""

@@ -1,4 +1,5 @@
-"""The int8 rewrite of `pipelines/export_onnx.py` on a small graph: per-token math, exactly."""
+"""The int8 rewrite of `pipelines/export_onnx.py` on a small graph: per-token math, exactly,
+on any CPU (with VNNI, and without it, where the service stores the weights unsigned)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from app.nlp.runtime import OnnxGraph, has_vnni
 from pipelines.export_onnx import quantize
 
 
@@ -32,13 +34,17 @@ def _linear_graph(path: Path, w: np.ndarray, b: np.ndarray) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
 
 
-def test_per_token_int8_matches_its_definition(tmp_path: Path) -> None:
+@pytest.mark.parametrize("vnni", [None, False], ids=["this-cpu", "no-vnni"])
+def test_per_token_int8_matches_its_definition(tmp_path: Path, vnni: bool | None) -> None:
     rng = np.random.default_rng(0)
     w = (rng.standard_normal((64, 24)) * 0.1).astype(np.float32)
     b = rng.standard_normal(24).astype(np.float32)
     _linear_graph(tmp_path / "plain.onnx", w, b)
     quantize(tmp_path / "plain.onnx", tmp_path / "int8.onnx")
-    session = ort.InferenceSession(str(tmp_path / "int8.onnx"), providers=["CPUExecutionProvider"])
+    # As the service loads it: on a CPU without VNNI the weights become unsigned, because
+    # AVX2's u8 x s8 products saturate (these random levels do, by up to 0.08 here).
+    session = OnnxGraph(tmp_path / "int8.onnx", threads=1, vnni=vnni)
+    assert session.unsigned_weights == (0 if has_vnni() and vnni is None else 1)
 
     x = rng.standard_normal((3, 5, 64)).astype(np.float32)
     x[1, 2] *= 40.0  # one loud token: per-token ranges keep it from flattening the others
@@ -71,3 +77,13 @@ def test_graph_without_the_mask_input_is_refused(tmp_path: Path) -> None:
     onnx.save(helper.make_model(graph), str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="attention_mask"):
         quantize(tmp_path / "plain.onnx", tmp_path / "int8.onnx")
+
+
+def test_vnni_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx2 avx512f avx512_vnni\n", encoding="utf-8")
+    assert has_vnni(cpuinfo)
+    cpuinfo.write_text("flags\t\t: fpu sse2 avx avx2 fma\n", encoding="utf-8")
+    assert not has_vnni(cpuinfo)
+    assert not has_vnni(tmp_path / "missing")
+
