@@ -78,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--sentiment-artifact", default=None, help="default: SENTIMENT_ARTIFACT")
     ex.add_argument("--fixtures", default="fixtures/uxcx", help="calibration and check texts")
     ex.add_argument("--calibration-texts", type=int, default=600)
-    ex.add_argument("--alpha", type=float, default=0.7, help="SmoothQuant migration strength")
+    ex.add_argument(
+        "--distil-steps",
+        type=int,
+        default=400,
+        help="int8 quantisation-aware distillation steps (0: none; pipelines/quant_aware.py)",
+    )
+    ex.add_argument("--banking-train", default="../shared/datasets/banking77/train.csv")
+    ex.add_argument("--tweets", default="../shared/datasets/support_tweets/inbound.csv")
     ex.add_argument("--version", default=None, help="version name (default: the folder name)")
     im = jobs.add_parser("import", help="bulk-load posts or tickets from a CSV or JSONL file")
     im.add_argument("file", help="the .csv, .jsonl or .ndjson file")

@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from app.nlp.runtime import OnnxGraph, has_vnni
-from pipelines.export_onnx import quantize
+from pipelines.export_onnx import merge_duplicates, quantize
 
 
 def _linear_graph(path: Path, w: np.ndarray, b: np.ndarray) -> None:
@@ -87,3 +87,45 @@ def test_vnni_is_read_from_the_cpu_flags(tmp_path: Path) -> None:
     assert not has_vnni(cpuinfo)
     assert not has_vnni(tmp_path / "missing")
 
+
+def test_equal_nodes_are_merged_and_their_input_quantised_once(tmp_path: Path) -> None:
+    """Query, key and value each select the same channels of one input: one Gather and one
+    QuantizeLinear serve all three after the rewrite."""
+    rng = np.random.default_rng(1)
+    nodes, inits = [], []
+    for name in ("q", "k", "v"):
+        inits += [
+            numpy_helper.from_array(np.arange(1, 7, dtype=np.int64), f"{name}.lo"),
+            numpy_helper.from_array(rng.standard_normal((6, 4)).astype(np.float32), f"{name}.w"),
+        ]
+        nodes += [
+            helper.make_node("Gather", ["x", f"{name}.lo"], [f"{name}.x"], axis=2),
+            helper.make_node("MatMul", [f"{name}.x", f"{name}.w"], [name]),
+        ]
+    graph = helper.make_graph(
+        nodes,
+        "qkv",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "tokens", 8]),
+            helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
+        ],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("q", "k", "v")],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, str(tmp_path / "plain.onnx"))
+    plain = ort.InferenceSession(str(tmp_path / "plain.onnx"), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((2, 3, 8)).astype(np.float32)
+    feeds = {"x": x, "attention_mask": np.ones((2, 3), np.int64)}
+    want = plain.run(["q", "k", "v"], feeds)
+
+    merged = onnx.load(str(tmp_path / "plain.onnx"))
+    merge_duplicates(merged.graph)
+    assert [n.op_type for n in merged.graph.node].count("Gather") == 1
+    assert len([i for i in merged.graph.initializer if i.name.endswith(".lo")]) == 1
+    quantize(tmp_path / "plain.onnx", tmp_path / "int8.onnx")
+    int8 = onnx.load(str(tmp_path / "int8.onnx"))
+    assert [n.op_type for n in int8.graph.node].count("QuantizeLinear") == 1
+    got = OnnxGraph(tmp_path / "int8.onnx", threads=1).run(["q", "k", "v"], feeds)
+    for g, w in zip(got, want, strict=True):
+        assert np.abs(g - w).max() < 0.02 * np.abs(w).max()

@@ -1,0 +1,193 @@
+"""Quantisation-aware distillation of the int8 encoder (a step of `export-onnx`).
+
+The exported int8 graph rounds every weight to 255 levels per output channel and every
+activation to 255 levels per token. Here those same roundings are simulated in PyTorch (fake
+quantisation, with straight-through gradients) on the rescaled encoder that is about to be
+exported, and its weights are trained so that the rounded encoder gives what PyTorch fp32
+gives: the loss is the cosine distance of the sentence embeddings plus the relative error of
+the hidden states the sentiment branch reads. The teacher is the packaged encoder itself, so no
+label is involved and the embedding space stays the one every stored vector lives in.
+
+Texts: the Banking77 training split, the UX/CX fixtures' training split and three quarters of
+the support tweets (`stable_bucket(text, 4) != 0`; `bench/encoder.py` measures on the rest).
+Seeded; on the 2-core machine 400 steps take about 10 minutes.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("pipelines.quant_aware")
+
+STEPS = 400
+BATCH = 32
+LEARNING_RATE = 2e-5
+MAX_TOKENS = 128  # training texts are cut here; the service's limit is 256
+TAP_WEIGHT = 1.0
+TWEET_BUCKETS = 4  # support tweets in bucket 0 are held out for bench/encoder.py
+
+
+def fake_quant_rows(x: Any) -> Any:
+    """x rounded as the int8 graph rounds it: 255 levels per row (last axis), symmetric;
+    the gradient passes straight through."""
+    import torch
+
+    s = x.detach().abs().amax(-1, keepdim=True).clamp(min=1e-12) / 127.0
+    q = torch.round(x / s).clamp(-127, 127) * s
+    return x + (q - x).detach()
+
+
+def _fake_quant_linear(lin: Any) -> Any:
+    import torch
+
+    class FakeQuantLinear(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = lin
+
+        def forward(self, x: Any) -> Any:
+            # torch keeps the weight as (out, in): its rows are the graph's output channels.
+            w = fake_quant_rows(self.lin.weight)
+            return torch.nn.functional.linear(fake_quant_rows(x), w, self.lin.bias)
+
+    return FakeQuantLinear()
+
+
+def simulate_int8(module: Any) -> list[tuple[Any, str, Any]]:
+    """Replace every nn.Linear in `module` with its fake-quantised twin (same parameters);
+    returns what `restore` needs to put the plain layers back."""
+    import torch
+
+    swapped = []
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, torch.nn.Linear):
+                setattr(parent, name, _fake_quant_linear(child))
+                swapped.append((parent, name, child))
+    return swapped
+
+
+def restore(swapped: Sequence[tuple[Any, str, Any]]) -> None:
+    """Undo `simulate_int8`: the plain nn.Linear layers, with their trained weights."""
+    for parent, name, child in swapped:
+        setattr(parent, name, child)
+
+
+def training_texts(
+    *, fixtures_train: Sequence[str], banking_train: Path, tweets: Path
+) -> list[str]:
+    """The distillation texts (see the module docstring), deduplicated and shuffled (seed 0)."""
+    from pipelines.train_uxcx import stable_bucket
+
+    texts = list(fixtures_train)
+    for path, held_out in ((banking_train, None), (tweets, TWEET_BUCKETS)):
+        if not path.exists():
+            log.warning("distillation texts missing", extra={"stage": "qat", "path": str(path)})
+            continue
+        with path.open(encoding="utf-8") as f:
+            rows = [row.get("text", "").strip() for row in csv.DictReader(f)]
+        texts += [t for t in rows if t and (held_out is None or stable_bucket(t, held_out) != 0)]
+    out = sorted(set(texts))
+    random.Random(0).shuffle(out)
+    return out
+
+
+def _batches(texts: list[str], size: int, seed: int) -> Iterator[list[str]]:
+    """Endless batches of similar length (sorted within windows of 50 batches)."""
+    rng = random.Random(seed)
+    order = list(texts)
+    while True:
+        rng.shuffle(order)
+        for start in range(0, len(order) - size + 1, size * 50):
+            window = sorted(order[start : start + size * 50], key=len)
+            chunks = [window[i : i + size] for i in range(0, len(window) - size + 1, size)]
+            rng.shuffle(chunks)
+            yield from chunks
+
+
+def _pool(hidden: Any, mask: Any) -> Any:
+    import torch
+
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    return torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
+
+
+def distil(
+    student: Any,
+    teacher: Any,
+    tokenizer: Any,
+    texts: list[str],
+    *,
+    tap: int,
+    steps: int = STEPS,
+    batch_size: int = BATCH,
+    learning_rate: float = LEARNING_RATE,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train `student` (ids, mask -> hidden states, about to be quantised) in place so that,
+    rounded as int8, it gives `teacher`'s embeddings and tap-layer states."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    swapped = simulate_int8(student)
+    # Dropout stays off: the student must match the teacher's inference, not regularise.
+    student.eval()
+    teacher.eval()
+    params = [p for n, p in student.named_parameters() if "word_embeddings" not in n]
+    for p in params:
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps)
+    )
+    batches = _batches(texts, batch_size, seed)
+    start = time.perf_counter()
+    first = last = 0.0
+    bar = tqdm(range(steps), desc="int8 distillation", disable=None if progress else True)
+    try:
+        for step in bar:
+            batch = tokenizer(
+                next(batches), padding=True, truncation=True, max_length=MAX_TOKENS,
+                return_tensors="pt",
+            )  # fmt: skip
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            with torch.no_grad():
+                want = teacher(ids, mask)
+            got = student(ids, mask)
+            cosine = (_pool(got[-1], mask) * _pool(want[-1], mask)).sum(-1)
+            m = mask.unsqueeze(-1).to(got[tap].dtype)
+            tap_error = ((got[tap] - want[tap]) ** 2 * m).sum() / (want[tap] ** 2 * m).sum()
+            loss = 100 * ((1 - cosine).mean() + TAP_WEIGHT * tap_error)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            value = float(loss.detach())
+            first = value if step == 0 else first
+            last = value if step == 0 else 0.95 * last + 0.05 * value
+            bar.set_postfix(loss=f"{last:.4f}")
+    finally:
+        restore(swapped)
+        for p in params:
+            p.requires_grad_(False)
+    result = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "max_tokens": MAX_TOKENS,
+        "texts": len(texts),
+        "loss_first": round(first, 4),
+        "loss_last": round(last, 4),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    log.info("distilled", extra={"stage": "qat", **result})
+    return result
