@@ -169,6 +169,24 @@ def outliers(x_max: Any, kind: str) -> Any:
     return torch.sort(torch.argsort(x_max, descending=True)[:k]).values
 
 
+def _fp32_columns(lin: Any, hi: Any) -> Any:
+    """The input columns `hi` of `lin`'s weight, moved out of it into a 3-D fp32 weight
+    (1 x k x N, which the int8 rewrite leaves alone); zero in `lin` from now on."""
+    import torch
+
+    w_hi = torch.nn.Parameter(lin.weight.detach()[:, hi].T.unsqueeze(0).clone())
+    with torch.no_grad():
+        lin.weight[:, hi] = 0.0
+    return w_hi
+
+
+def _without(inverse: Any, hi: Any) -> Any:
+    """The input scaling with the channels `hi` zeroed: the int8 product no longer sees them."""
+    masked = inverse.clone()
+    masked[hi] = 0.0
+    return masked
+
+
 def outlier_split(lin: Any, hi: Any, inverse: Any) -> Any:
     """`lin` after an input scaling by `inverse` (1/s), as two products: the channels `hi` of
     the input in fp32, and the others through an nn.Linear that the int8 rewrite quantises.
@@ -185,13 +203,9 @@ def outlier_split(lin: Any, hi: Any, inverse: Any) -> Any:
     class OutlierSplit(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            masked = inverse.clone()
-            masked[hi] = 0.0
-            self.register_buffer("inverse", masked)
+            self.register_buffer("inverse", _without(inverse, hi))
             self.register_buffer("hi", hi.clone())
-            self.w_hi = torch.nn.Parameter(lin.weight.detach()[:, hi].T.unsqueeze(0).clone())
-            with torch.no_grad():
-                lin.weight[:, hi] = 0.0
+            self.w_hi = _fp32_columns(lin, hi)
             self.inner = lin
 
         def forward(self, x: Any) -> Any:
@@ -216,9 +230,7 @@ def split_attention_input(attention: Any, hi: Any, inverse: Any) -> Any:
     class WithFp32Channels(torch.nn.Module):
         def __init__(self, lin: Any) -> None:
             super().__init__()
-            self.w_hi = torch.nn.Parameter(lin.weight.detach()[:, hi].T.unsqueeze(0).clone())
-            with torch.no_grad():
-                lin.weight[:, hi] = 0.0
+            self.w_hi = _fp32_columns(lin, hi)
             self.inner = lin
             self.columns: Any = None  # the block's input at `hi`, set for each call
 
@@ -234,9 +246,7 @@ def split_attention_input(attention: Any, hi: Any, inverse: Any) -> Any:
     class SplitAttention(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            masked = inverse.clone()
-            masked[hi] = 0.0
-            self.register_buffer("inverse", masked)
+            self.register_buffer("inverse", _without(inverse, hi))
             self.register_buffer("hi", hi.clone())
             self.inner = attention
 
