@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument(
         "--distil-steps",
         type=int,
-        default=400,
+        default=800,
         help="int8 quantisation-aware distillation steps (0: none; pipelines/quant_aware.py)",
     )
     ex.add_argument("--banking-train", default="../shared/datasets/banking77/train.csv")

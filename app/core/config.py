@@ -18,7 +18,7 @@ PROJECT_DIR = PACKAGE_DIR.parent
 DEFAULT_ROUTING_TABLE = PACKAGE_DIR / "routing" / "default.toml"
 DEFAULT_SENTIMENT_ARTIFACT = PROJECT_DIR / "models" / "sentiment" / "v1"
 DEFAULT_UXCX_ARTIFACT = PROJECT_DIR / "models" / "uxcx" / "v1"
-DEFAULT_ONNX_ARTIFACT = PROJECT_DIR / "models" / "onnx" / "v3"
+DEFAULT_ONNX_ARTIFACT = PROJECT_DIR / "models" / "onnx" / "v4"
 
 
 class Settings(BaseSettings):
