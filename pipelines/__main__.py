@@ -9,6 +9,7 @@ from datetime import datetime
 from app.core.config import get_settings
 from app.core.db import make_engine
 from app.core.logging import configure_logging
+from pipelines.quant_aware import STEPS as DISTIL_STEPS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument(
         "--distil-steps",
         type=int,
-        default=800,
+        default=DISTIL_STEPS,
         help="int8 quantisation-aware distillation steps (0: none; pipelines/quant_aware.py)",
     )
     ex.add_argument("--banking-train", default="../shared/datasets/banking77/train.csv")
