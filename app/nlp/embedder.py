@@ -139,7 +139,7 @@ class TransformerEmbedder:
         if self._torch_module is None:
             from transformers import AutoModel
 
-            kwargs = {}
+            kwargs: dict[str, Any] = {}
             if self._attn_implementation:
                 kwargs["attn_implementation"] = self._attn_implementation
             self._torch_module = AutoModel.from_pretrained(str(self.path), **kwargs).eval()

@@ -210,7 +210,9 @@ class TorchEncoder:
         if threads:
             torch.set_num_threads(threads)
         self._torch = torch
-        kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+        kwargs: dict[str, Any] = (
+            {"attn_implementation": attn_implementation} if attn_implementation else {}
+        )
         self.module = AutoModel.from_pretrained(str(path), **kwargs).eval()
         self.plan = BatchPlan(max_texts=batch_size, max_tokens=0)
 
