@@ -32,6 +32,7 @@ from app.clusters.titles import key_phrases, title_for
 from app.core.db import begin_write, utcnow
 from app.nlp.analyzer import compose_text
 from app.nlp.base import Evidence, UxCx
+from app.nlp.segment import tame_runs
 from app.nlp.uxcx import label_group
 from app.tickets.models import Ticket, TicketAnalysis
 
@@ -44,6 +45,9 @@ KEEP_ID_MIN_COSINE = 0.9
 # A share this large from each of two old clusters makes a new cluster `merged`.
 MERGED_MIN_SHARE = 0.3
 TITLE_SAMPLE = 30  # members per cluster parsed for the title
+# Characters of each of them parsed: a title comes from what messages open with, and the
+# parse of a run stays bounded whatever a 20,000-character message holds.
+TITLE_CHARS = 2_000
 REPRESENTATIVES = 5
 
 
@@ -136,7 +140,8 @@ def describe(
     for c in range(centroids.shape[0]):
         rows = np.where(labels == c)[0]
         nearest = rows[np.argsort(-(x[rows] @ centroids[c]), kind="stable")][:TITLE_SAMPLE]
-        docs_per_cluster.append(list(nlp.pipe([members[i].text for i in nearest])))
+        texts = [tame_runs(members[i].text[:TITLE_CHARS]) for i in nearest]
+        docs_per_cluster.append(list(nlp.pipe(texts)))
     phrases = key_phrases(docs_per_cluster, stop_words=nlp.Defaults.stop_words)
     for c in range(centroids.shape[0]):
         rows = np.where(labels == c)[0]

