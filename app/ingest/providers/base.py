@@ -5,11 +5,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from html.parser import HTMLParser
 from typing import Any
+
+from lxml import etree
+from lxml import html as lxml_html
 
 from app.core.errors import InvalidInput, Unauthorized
 from app.ingest.schemas import TicketCreate
@@ -148,29 +152,23 @@ def pick(data: Any, *path: str) -> Any:
     return data
 
 
-class _TextExtractor(HTMLParser):
-    _BREAKS = frozenset({"br", "p", "div", "li", "tr", "blockquote", "h1", "h2", "h3", "h4"})
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.parts: list[str] = []
-        self._skip = 0
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("script", "style"):
-            self._skip += 1
-        elif tag in self._BREAKS:
-            self.parts.append("\n")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in ("script", "style"):
-            self._skip = max(0, self._skip - 1)
-        elif tag in self._BREAKS:
-            self.parts.append("\n")
-
-    def handle_data(self, data: str) -> None:
-        if not self._skip:
-            self.parts.append(data)
+# Block elements: their text goes on lines of its own.
+_BREAKS = frozenset({"br", "p", "div", "li", "tr", "blockquote", "h1", "h2", "h3", "h4"})
+_SKIP = frozenset({"script", "style"})
+# Characters libxml2 refuses (C0 controls but tab and line breaks): dropped before parsing.
+_NOT_XML = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+_TAG = re.compile(r"<[^<>]{0,2000}>")
+# libxml2's HTML parser (lxml): linear in the input. The standard library's HTMLParser is
+# quadratic on some inputs ("<a " repeated: 80 KB took 76 s on the event loop). huge_tree
+# lifts the nesting limit from 256 to 2,048 levels.
+_PARSER = lxml_html.HTMLParser(
+    recover=True,
+    no_network=True,
+    remove_comments=True,
+    remove_pis=True,
+    default_doctype=False,
+    huge_tree=True,
+)
 
 
 def html_to_text(value: Any) -> str:
@@ -179,8 +177,36 @@ def html_to_text(value: Any) -> str:
         return ""
     if "<" not in value and "&" not in value:
         return value.strip()
-    parser = _TextExtractor()
-    parser.feed(value)
-    parser.close()
-    lines = (" ".join(line.split()) for line in "".join(parser.parts).splitlines())
+    clean = _NOT_XML.sub("", value)
+    parts: list[str] = []
+    try:
+        root = lxml_html.fragment_fromstring(clean, create_parent="div", parser=_PARSER)
+    except (etree.ParserError, ValueError):
+        root = None
+    skip = 0
+    for event, element in etree.iterwalk(root, events=("start", "end")) if root is not None else ():
+        tag = element.tag if isinstance(element.tag, str) else ""
+        if event == "start":
+            if tag in _SKIP:
+                skip += 1
+            elif tag in _BREAKS:
+                parts.append("\n")
+            if not skip and element.text:
+                parts.append(element.text)
+        else:
+            if tag in _SKIP:
+                skip -= 1
+            elif tag in _BREAKS:
+                parts.append("\n")
+            if not skip and element.tail:
+                parts.append(element.tail)
+    text = _lines("".join(parts))
+    if not text:
+        # Nothing the parser could place (nesting past its limit): the words, tags removed.
+        text = _lines(html.unescape(_TAG.sub("\n", clean)))
+    return text
+
+
+def _lines(text: str) -> str:
+    lines = (" ".join(line.split()) for line in text.splitlines())
     return "\n".join(line for line in lines if line)
