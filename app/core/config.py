@@ -42,6 +42,12 @@ class Settings(BaseSettings):
     # API keys accepted as `Authorization: Bearer <key>` on /v1 (comma-separated). Empty in
     # development: one key is generated and kept under data_dir (printed by `python -m app`).
     api_keys: str = ""
+    # Key guessing: a client address (Bearer keys on /v1 and the sign-in form together) with
+    # this many failed keys within the window is refused (429) for the window, unchecked.
+    api_key_failure_limit: int = Field(default=10, ge=1, le=1_000_000)
+    api_key_failure_window_s: int = Field(default=300, ge=1, le=86_400)
+    # How long a web sign-in lasts (the cookie's Max-Age and the session row's expiry).
+    web_session_ttl_s: int = Field(default=8 * 3600, ge=60, le=30 * 86_400)
 
     # Webhook secrets, one per helpdesk; a provider without one refuses every delivery (401).
     zendesk_webhook_secret: str = ""
