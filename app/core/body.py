@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +60,9 @@ def reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def clean_json(value: Any) -> Any:
     """Drop NUL characters and lone surrogates, which no database column can store."""
     if isinstance(value, str):
@@ -67,7 +71,9 @@ def clean_json(value: Any) -> Any:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            value = value.encode("utf-8", "replace").decode("utf-8")
+            # U+FFFD, not "?": a text keeps a visible mark, and an id holding one is refused
+            # (two different broken ids must not become the same "?" id).
+            value = _LONE_SURROGATE.sub("\ufffd", value)
         return value
     if isinstance(value, list):
         return [clean_json(v) for v in value]

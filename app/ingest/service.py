@@ -19,9 +19,9 @@ from app.core.body import RawBody
 from app.core.config import Settings
 from app.core.db import begin_write, utcnow
 from app.core.errors import InvalidInput, PayloadTooLarge
-from app.core.limits import optional_text, required_text
+from app.core.limits import MAX_JSON_DEPTH, json_depth_over, optional_text, required_text
 from app.ingest.models import RawDelivery, WebhookEvent
-from app.ingest.pii import redact
+from app.ingest.pii import redact, redact_metadata
 from app.ingest.schemas import IngestItemResult, TicketCreate
 from app.ingest.sources import SourceRegistry
 from app.tickets.models import AnalysisStatus, Ticket, TicketAnalysis
@@ -73,6 +73,12 @@ def prepare(
                 " (or add it to EXTRA_SOURCES).",
                 code="unknown_source",
             )
+        if "\ufffd" in item.external_id or "\ufffd" in item.source:
+            raise InvalidInput(
+                f"{where}: external_id holds a lone UTF-16 surrogate or U+FFFD; send the id as "
+                "valid Unicode (two different broken ids would otherwise become the same).",
+                code="invalid_id",
+            )
         body = required_text(item.body, what=f"{where}: body", limit=settings.max_body_chars)
         subject = optional_text(
             item.subject, what=f"{where}: subject", limit=settings.max_subject_chars
@@ -81,6 +87,12 @@ def prepare(
         body = redact(body).text
         subject = redact(subject).text if subject else subject
         if item.metadata is not None:
+            if json_depth_over(item.metadata, MAX_JSON_DEPTH):
+                raise InvalidInput(
+                    f"{where}: metadata nests objects or arrays more than {MAX_JSON_DEPTH} levels "
+                    "deep; flatten it.",
+                    code="metadata_too_deep",
+                )
             size = len(json.dumps(item.metadata, default=str))
             if size > settings.max_metadata_bytes:
                 raise PayloadTooLarge(
@@ -88,6 +100,8 @@ def prepare(
                     f"{settings.max_metadata_bytes}.",
                     code="metadata_too_large",
                 )
+            # Personal data in metadata (customer_email, phone, …) is removed like the body's.
+            item = item.model_copy(update={"metadata": redact_metadata(item.metadata)})
         prepared.append(
             _Prepared(
                 index=i,

@@ -12,6 +12,7 @@ from sqlmodel import Session, col, select
 
 from app.clusters.models import Cluster, ClusterMember
 from app.core.errors import NotFound
+from app.core.limits import clip_depth
 from app.labels.models import TicketLabel
 from app.nlp.analyzer import compose_text
 from app.routing.table import RoutingTable
@@ -119,7 +120,8 @@ def to_public(
         subject=ticket.subject,
         body=ticket.body,
         author_hash=ticket.author_hash,
-        metadata=ticket.meta,
+        # Rows stored before the depth limit are clipped, so one can never fail a page.
+        metadata=clip_depth(ticket.meta),
         language=language,
         created_at=ticket.created_at,
         received_at=ticket.received_at,

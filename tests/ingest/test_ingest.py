@@ -8,6 +8,7 @@ import json
 import threading
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
@@ -191,4 +192,74 @@ def test_nul_characters_and_lone_surrogates_are_cleaned(client: TestClient, engi
     r = client.post("/v1/tickets", content=raw, headers={"content-type": "application/json"})
     assert r.status_code == 202
     with Session(engine) as s:
-        assert s.exec(select(Ticket)).one().body == "badbyte ? here"
+        assert s.exec(select(Ticket)).one().body == "badbyte \ufffd here"
+
+
+def test_ids_with_lone_surrogates_are_refused_not_merged(
+    client: TestClient, engine: Engine
+) -> None:
+    # "\ud800" and "\ud801" once both became "?": two different ids, one ticket.
+    for n, surrogate in enumerate(("\\ud800", "\\ud801")):
+        raw = f'{{"source":"api","external_id":"id-{surrogate}","body":"text {n}"}}'.encode()
+        r = client.post("/v1/tickets", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
+        assert r.json()["code"] == "invalid_id"
+    assert count_rows(engine, "ticket") == 0
+
+
+@pytest.mark.parametrize("body", ["\u200b\u200c\u200d", "\ufeff \u2060\u200e", "\x07\x1b\u200b"])
+def test_invisible_only_bodies_are_empty(client: TestClient, engine: Engine, body: str) -> None:
+    r = client.post("/v1/tickets", json={"source": "api", "external_id": "z1", "body": body})
+    assert r.status_code == 422
+    assert r.json()["code"] == "empty_text"
+    assert "invisible" in r.json()["message"]
+    assert count_rows(engine, "ticket") == 0
+
+
+def test_metadata_nested_too_deep_is_refused(client: TestClient, engine: Engine) -> None:
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(300):
+        node["a"] = {}
+        node = node["a"]  # type: ignore[assignment]
+    item = {"source": "api", "external_id": "deep", "body": "crash", "metadata": deep}
+    r = client.post("/v1/tickets", json=item)
+    assert r.status_code == 422
+    assert r.json()["code"] == "metadata_too_deep"
+    assert count_rows(engine, "ticket") == 0
+    # 32 levels is within the limit and reads back whole.
+    ok: dict[str, object] = {}
+    node = ok
+    for _ in range(31):
+        node["a"] = {}
+        node = node["a"]  # type: ignore[assignment]
+    item = {"source": "api", "external_id": "ok", "body": "crash", "metadata": ok}
+    tid = client.post("/v1/tickets", json=item).json()["data"][0]["id"]
+    assert client.get(f"/v1/tickets/{tid}").json()["metadata"] == ok
+
+
+def test_a_deep_row_stored_before_the_limit_is_served_clipped(
+    client: TestClient, engine: Engine
+) -> None:
+    tid = client.post(
+        "/v1/tickets", json={"source": "api", "external_id": "old", "body": "crash"}
+    ).json()["data"][0]["id"]
+    deep: dict[str, object] = {}
+    node = deep
+    for _ in range(400):
+        node["a"] = {}
+        node = node["a"]  # type: ignore[assignment]
+    with Session(engine) as s:
+        ticket = s.get(Ticket, tid)
+        assert ticket is not None
+        ticket.meta = deep
+        s.add(ticket)
+        s.commit()
+    one = client.get(f"/v1/tickets/{tid}")
+    assert one.status_code == 200
+    clipped = one.json()["metadata"]
+    for _ in range(31):
+        clipped = clipped["a"]
+    assert clipped == {"a": "[too deep]"}
+    listing = client.get("/v1/tickets")
+    assert listing.status_code == 200 and listing.json()["count"] >= 1
