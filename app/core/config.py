@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     max_subject_chars: int = Field(default=1_000, ge=10)
     max_metadata_bytes: int = Field(default=16_000, ge=100)
     max_batch_items: int = Field(default=1_000, ge=1)
+    # Bodies up to this size are parsed and redacted on the event loop (a fraction of a
+    # millisecond); larger ones in a worker thread, so they never hold up other requests.
+    inline_body_bytes: int = Field(default=16_384, ge=0)
     # Source names accepted in addition to the built-in ones (comma-separated).
     extra_sources: str = ""
 
