@@ -29,7 +29,10 @@ class OutboundDelivery(SQLModel, table=True):
     revision: int
     event: str = Field(default="ticket.analysed", max_length=64)
     status: str = Field(default=OutboundStatus.pending.value, max_length=16, index=True)
-    attempts: int = 0
+    attempts: int = 0  # tries started, counted when claimed (a crash mid-send counts too)
+    # Bumped by every claim; only the sender whose claim set it may record the outcome.
+    claims: int = 0
+    # While claimed: when the claim's lease runs out and the row may be claimed again.
     next_attempt_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime, index=True)
     last_status_code: int | None = None
     last_error: str | None = Field(default=None, max_length=2000)
