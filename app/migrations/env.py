@@ -11,6 +11,7 @@ import app.ingest.models  # noqa: F401  (registers tables on SQLModel.metadata)
 import app.labels.models  # noqa: F401
 import app.outbound.models  # noqa: F401
 import app.tickets.models  # noqa: F401
+import app.web.models  # noqa: F401
 from app.core.config import get_settings
 from app.core.db import make_engine
 

@@ -1,20 +1,21 @@
-"""HTTP: the browser pages. Sign-in by API key into a cookie, the digest, clusters, corrections.
+"""HTTP: the browser pages. Sign-in by API key into a session, the digest, clusters, corrections.
 
-Browsers cannot send Bearer headers, so `/login` takes an API key once and sets an HttpOnly,
-SameSite=Strict cookie; every other page answers 303 to `/login` without a valid one. The
-cookie holds a token derived from the key (not the key itself), so a copied cookie is no
-Bearer key for the API. SameSite=Strict keeps it off cross-site requests, which is what
-protects the label forms (POST) from being submitted by another site.
+Browsers cannot send Bearer headers, so `/login` takes an API key once and opens a server-side
+session (app.web.service): the HttpOnly, SameSite=Strict cookie holds a random token that
+expires after WEB_SESSION_TTL_S, on the server too, ends at sign-out and when its key leaves
+API_KEYS, and is no Bearer key for the API. Every other page answers 303 to `/login` without a
+live one. Every form POST passes app.web.security's checks (form content type, same origin,
+the session's csrf_token) before anything is done; wrong keys at sign-in count towards the
+client's failure limit (app.core.guard) like wrong Bearer keys.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import urlencode
 
 import jinja2
 from fastapi import APIRouter, Request
@@ -27,10 +28,10 @@ from sqlmodel import Session, col, select
 from app.clusters import service as cluster_service
 from app.clusters.schemas import ClusterPublic
 from app.core.auth import matches_any
-from app.core.body import read_body
 from app.core.db import utcnow
-from app.core.deps import ServicesDep, SessionDep
+from app.core.deps import Services, ServicesDep, SessionDep
 from app.core.errors import AppError, InvalidInput, NotFound, validation_details
+from app.core.guard import KeyGuardDep, client_address
 from app.core.limits import MAX_ID
 from app.digests import service as digest_service
 from app.digests.models import StoredDigest
@@ -40,11 +41,14 @@ from app.digests.weeks import IsoWeek
 from app.labels.schemas import LabelUpdateAdapter
 from app.nlp.base import SUBCATEGORIES, UXCX_LABELS
 from app.routing.table import RoutingTable
+from app.web import security
+from app.web import service as web_service
+from app.web.models import WebSession
+from app.web.security import LOGIN_COOKIE, PostedForm, PostedFormDep
 
 router = APIRouter(include_in_schema=False)
 
-COOKIE = "issuelens_key"
-MAX_FORM_BYTES = 64_000
+COOKIE = "issuelens_session"
 MEMBERS_SHOWN = 50
 CLUSTERS_PER_PAGE = 50
 SPARK_WEEKS = 8
@@ -89,82 +93,176 @@ templates = Jinja2Templates(env=_env)
 # ---- sign-in ------------------------------------------------------------------------------
 
 
-def _session_token(key: str) -> str:
-    """What the cookie holds for an API key: derived from it, useless as a Bearer key."""
-    return hmac.new(key.encode(), b"issuelens web session v1", hashlib.sha256).hexdigest()
+def _web_session(request: Request, session: Session, services: Services) -> WebSession | None:
+    """The live sign-in behind the request's cookie, if any."""
+    web = web_service.find_session(
+        session, token=request.cookies.get(COOKIE), keys=services.api_keys,
+        secret=services.author_salt,
+    )  # fmt: skip
+    # End the read here: a form's write must open its own transaction as a writer (BEGIN
+    # IMMEDIATE on SQLite, see core.db.begin_write), which a read left open would prevent.
+    if web is not None:
+        session.expunge(web)
+    session.rollback()
+    return web
 
 
-def _signed_in(request: Request, keys: tuple[str, ...]) -> bool:
-    cookie = request.cookies.get(COOKIE)
-    if not cookie:
-        return False
-    return matches_any(cookie, tuple(_session_token(key) for key in keys))
+def _set_cookie(
+    request: Request, response: Response, name: str, value: str, *, max_age: int, path: str
+) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, path=path, httponly=True, samesite="strict",
+        secure=request.url.scheme == "https",
+    )  # fmt: skip
 
 
-def _to_login() -> RedirectResponse:
-    return RedirectResponse("/login", status_code=303)
-
-
-def _page(
-    request: Request, name: str, context: dict[str, Any], *, status_code: int = 200
-) -> HTMLResponse:
-    values: dict[str, Any] = {"error": None, "notice": None, "signed_in": True}
-    values.update(context)
-    return templates.TemplateResponse(
-        request, name, values, status_code=status_code, headers=SECURITY_HEADERS
+def _clear_cookie(request: Request, response: Response, name: str, *, path: str) -> None:
+    response.delete_cookie(
+        name, path=path, httponly=True, samesite="strict", secure=request.url.scheme == "https"
     )
 
 
-async def _form(request: Request) -> dict[str, str]:
-    """An url-encoded form body (what a browser posts), NUL characters dropped."""
-    raw = await read_body(request, max_bytes=MAX_FORM_BYTES)
+def _to_login(request: Request) -> RedirectResponse:
+    response = RedirectResponse("/login", status_code=303)
+    if COOKIE in request.cookies:  # expired, revoked or forged: the browser may forget it
+        _clear_cookie(request, response, COOKIE, path="/")
+    return response
+
+
+def _page(
+    request: Request,
+    name: str,
+    context: dict[str, Any],
+    *,
+    web: WebSession | None,
+    status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> HTMLResponse:
+    values: dict[str, Any] = {
+        "error": None,
+        "notice": None,
+        "signed_in": web is not None,
+        "csrf_token": web.csrf_token if web is not None else "",
+    }
+    values.update(context)
+    return templates.TemplateResponse(
+        request, name, values, status_code=status_code,
+        headers={**SECURITY_HEADERS, **(headers or {})},
+    )  # fmt: skip
+
+
+def _refused(request: Request, exc: AppError, web: WebSession | None) -> HTMLResponse:
+    """The page for a form POST refused before anything was done (403, 413, 415, 422)."""
+    return _page(
+        request, "refused.html", {"message": exc.message}, web=web,
+        status_code=exc.status_code, headers=exc.headers,
+    )  # fmt: skip
+
+
+def _form_refused(request: Request, posted: PostedForm, web: WebSession) -> HTMLResponse | None:
+    """None when a signed-in form POST may go ahead, else the page that refuses it."""
     try:
-        pairs = parse_qsl(
-            raw.data.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=20
-        )
-    except ValueError:
-        raise InvalidInput("The form has too many fields.", code="invalid_form") from None
-    return {k: v.replace("\x00", "") for k, v in pairs}
+        if posted.problem is not None:
+            raise posted.problem
+        security.check_csrf(posted, web.csrf_token)
+    except AppError as exc:
+        return _refused(request, exc, web)
+    return None
+
+
+def _login_form(
+    request: Request,
+    services: Services,
+    *,
+    web: WebSession | None,
+    error: str | None = None,
+    status_code: int = 200,
+    headers: Mapping[str, str] | None = None,
+) -> HTMLResponse:
+    """The sign-in form with its double-submit token (cookie and hidden field)."""
+    cookie, token = security.login_token(
+        request.cookies.get(LOGIN_COOKIE), secret=services.author_salt
+    )
+    response = _page(
+        request, "login.html", {"login_token": token, "error": error}, web=web,
+        status_code=status_code, headers=headers,
+    )  # fmt: skip
+    _set_cookie(
+        request, response, LOGIN_COOKIE, cookie, max_age=security.LOGIN_FORM_TTL_S, path="/login"
+    )
+    return response
 
 
 @router.get("/login", response_class=HTMLResponse)
-def login_page(request: Request, services: ServicesDep) -> Response:
+def login_page(request: Request, services: ServicesDep, session: SessionDep) -> Response:
     """The sign-in form."""
-    return _page(request, "login.html", {"signed_in": _signed_in(request, services.api_keys)})
+    return _login_form(request, services, web=_web_session(request, session, services))
 
 
 @router.post("/login", response_class=HTMLResponse)
-async def login(request: Request, services: ServicesDep) -> Response:
-    """Check the API key; a valid one sets the session cookie and opens the digest."""
+def login(
+    request: Request,
+    services: ServicesDep,
+    session: SessionDep,
+    guard: KeyGuardDep,
+    posted: PostedFormDep,
+) -> Response:
+    """Check the API key; a valid one opens a session (cookie) and the digest."""
+    client = client_address(request)
     try:
-        key = (await _form(request)).get("key", "").strip()
-    except AppError as exc:
-        return _page(
-            request, "login.html", {"error": exc.message, "signed_in": False}, status_code=400
+        if posted.problem is not None:
+            raise posted.problem
+        security.check_login_token(
+            request.cookies.get(LOGIN_COOKIE), posted, secret=services.author_salt
         )
+        guard.check(client)  # a blocked client's key is not even looked at
+    except AppError as exc:
+        return _login_form(
+            request, services, web=None, error=exc.message, status_code=exc.status_code,
+            headers=exc.headers,
+        )  # fmt: skip
+    key = posted.get("key").strip()
     if not key:
         error = "Enter an API key (one of the service's API_KEYS)."
     elif not matches_any(key, services.api_keys):
+        guard.record_failure(client)
         error = "That API key is not valid."
     else:
-        response = RedirectResponse("/", status_code=303)
-        response.set_cookie(
-            COOKIE,
-            _session_token(key),
-            httponly=True,
-            samesite="strict",
-            secure=request.url.scheme == "https",
-            path="/",
+        # A new token on every sign-in; the browser's previous session, if any, ends.
+        web_service.end_session(session, token=request.cookies.get(COOKIE))
+        ttl = services.settings.web_session_ttl_s
+        token, _ = web_service.create_session(
+            session, key=key, secret=services.author_salt, ttl_s=ttl
         )
+        response = RedirectResponse("/", status_code=303)
+        _set_cookie(request, response, COOKIE, token, max_age=ttl, path="/")
+        _clear_cookie(request, response, LOGIN_COOKIE, path="/login")
         return response
-    return _page(request, "login.html", {"error": error, "signed_in": False}, status_code=401)
+    return _login_form(request, services, web=None, error=error, status_code=401)
 
 
-@router.api_route("/logout", methods=["GET", "POST"])
-def logout() -> Response:
-    """Forget the session cookie."""
+@router.get("/logout", response_class=HTMLResponse)
+def logout_page(request: Request, services: ServicesDep, session: SessionDep) -> Response:
+    """A page with the sign-out button: signing out is a POST, never a link to follow."""
+    web = _web_session(request, session, services)
+    if web is None:
+        return _to_login(request)
+    return _page(request, "logout.html", {}, web=web)
+
+
+@router.post("/logout")
+def logout(
+    request: Request, services: ServicesDep, session: SessionDep, posted: PostedFormDep
+) -> Response:
+    """End the session on the server and forget its cookie."""
+    web = _web_session(request, session, services)
+    if web is None:
+        return _to_login(request)
+    if (refused := _form_refused(request, posted, web)) is not None:
+        return refused
+    web_service.end_session(session, token=request.cookies.get(COOKIE))
     response = RedirectResponse("/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/", httponly=True, samesite="strict")
+    _clear_cookie(request, response, COOKIE, path="/")
     return response
 
 
@@ -207,8 +305,9 @@ def home(
     team: str | None = None,
 ) -> Response:
     """The latest digest, or the one picked by week and team."""
-    if not _signed_in(request, services.api_keys):
-        return _to_login()
+    web = _web_session(request, session, services)
+    if web is None:
+        return _to_login(request)
     context: dict[str, Any] = {
         "teams": services.routing.teams,
         "week_value": week or "",
@@ -219,7 +318,8 @@ def home(
     try:
         iso, team_name = _resolve((week or "").strip(), (team or "").strip(), services.routing)
     except AppError as exc:
-        return _page(request, "home.html", {**context, "error": exc.message}, status_code=422)
+        error = {**context, "error": exc.message}
+        return _page(request, "home.html", error, web=web, status_code=422)
     digest, stored = _pick_digest(
         session,
         services.routing,
@@ -235,7 +335,7 @@ def home(
         week_value=digest.week,
         team_value=digest.team or "",
     )
-    return _page(request, "home.html", context)
+    return _page(request, "home.html", context, web=web)
 
 
 @router.get("/digests/{digest_id}", response_class=HTMLResponse)
@@ -243,13 +343,14 @@ def stored_digest(
     request: Request, services: ServicesDep, session: SessionDep, digest_id: str
 ) -> Response:
     """A kept digest exactly as it was sent (the link in Slack and e-mail points here)."""
-    if not _signed_in(request, services.api_keys):
-        return _to_login()
+    web = _web_session(request, session, services)
+    if web is None:
+        return _to_login(request)
     known = digest_id.isascii() and digest_id.isdigit() and len(digest_id) < 10
     row = session.get(StoredDigest, int(digest_id)) if known else None
     if row is None:
         message = f"No digest with id {digest_id[:20]}."
-        return _page(request, "not_found.html", {"message": message}, status_code=404)
+        return _not_found(request, message, web)
     return HTMLResponse(row.html)
 
 
@@ -292,8 +393,9 @@ def clusters_page(
     page: str | None = None,
 ) -> Response:
     """The current clusters, filtered by label, team and size, sorted."""
-    if not _signed_in(request, services.api_keys):
-        return _to_login()
+    web = _web_session(request, session, services)
+    if web is None:
+        return _to_login(request)
     routing = services.routing
     filters = {
         "label": (label or "").strip(),
@@ -326,7 +428,8 @@ def clusters_page(
         size = _int(filters["min_size"], what="min size", default=1, low=1, high=MAX_ID)
         number = _int(page, what="page", default=1, low=1, high=100_000)
     except AppError as exc:
-        return _page(request, "clusters.html", {**context, "error": exc.message}, status_code=422)
+        error = {**context, "error": exc.message}
+        return _page(request, "clusters.html", error, web=web, status_code=422)
     data, count = cluster_service.list_clusters(
         session, routing=routing, label=filters["label"] or None, team=filters["team"] or None,
         min_size=size, sort=filters["sort"], page=number, limit=CLUSTERS_PER_PAGE,
@@ -345,7 +448,7 @@ def clusters_page(
         weeks=[str(w) for w in weeks],
         page_link=page_link,
     )
-    return _page(request, "clusters.html", context)
+    return _page(request, "clusters.html", context, web=web)
 
 
 def _cluster_id(text: str) -> int | None:
@@ -369,8 +472,8 @@ def _trend(weekly: dict[str, int]) -> tuple[list[str], list[int]]:
     return [str(w) for w in shown], _series(weekly, shown)
 
 
-def _not_found(request: Request, message: str) -> HTMLResponse:
-    return _page(request, "not_found.html", {"message": message}, status_code=404)
+def _not_found(request: Request, message: str, web: WebSession) -> HTMLResponse:
+    return _page(request, "not_found.html", {"message": message}, web=web, status_code=404)
 
 
 def _cluster_view(
@@ -379,6 +482,7 @@ def _cluster_view(
     routing: RoutingTable,
     cluster_id: int,
     *,
+    web: WebSession,
     form: dict[str, str] | None = None,
     error: str | None = None,
     notice: str | None = None,
@@ -390,7 +494,7 @@ def _cluster_view(
             session, cluster_id=cluster_id, limit=MEMBERS_SHOWN
         )
     except NotFound as exc:
-        return _not_found(request, exc.message)
+        return _not_found(request, exc.message, web)
     if form is None:
         current = cluster.label if cluster.label and cluster.label.source == "override" else None
         form = {
@@ -412,7 +516,7 @@ def _cluster_view(
         "error": error,
         "notice": notice,
     }
-    return _page(request, "cluster.html", context, status_code=422 if error else 200)
+    return _page(request, "cluster.html", context, web=web, status_code=422 if error else 200)
 
 
 @router.get("/clusters/{cluster_id}", response_class=HTMLResponse)
@@ -425,29 +529,35 @@ def cluster_page(
     removed: str | None = None,
 ) -> Response:
     """One cluster: title, phrases, labels, trend, representatives, members, correction form."""
-    if not _signed_in(request, services.api_keys):
-        return _to_login()
+    web = _web_session(request, session, services)
+    if web is None:
+        return _to_login(request)
     cid = _cluster_id(cluster_id)
     if cid is None:
-        return _not_found(request, f"No cluster with id {cluster_id!r}.")
+        return _not_found(request, f"No cluster with id {cluster_id!r}.", web)
     notice = "Correction saved." if saved else "Correction removed." if removed else None
-    return _cluster_view(request, session, services.routing, cid, notice=notice)
+    return _cluster_view(request, session, services.routing, cid, web=web, notice=notice)
 
 
 @router.post("/clusters/{cluster_id}/label", response_class=HTMLResponse)
-async def set_cluster_label(
-    request: Request, services: ServicesDep, session: SessionDep, cluster_id: str
+def set_cluster_label(
+    request: Request,
+    services: ServicesDep,
+    session: SessionDep,
+    posted: PostedFormDep,
+    cluster_id: str,
 ) -> Response:
     """Store a person's label for the cluster (it wins over the model), then back to its page."""
-    if not _signed_in(request, services.api_keys):
-        return _to_login()
+    web = _web_session(request, session, services)
+    if web is None:
+        return _to_login(request)
+    if (refused := _form_refused(request, posted, web)) is not None:
+        return refused
     cid = _cluster_id(cluster_id)
     if cid is None:
-        return _not_found(request, f"No cluster with id {cluster_id!r}.")
-    values: dict[str, str] = {"label": "", "subcategory": "", "author": "", "note": ""}
+        return _not_found(request, f"No cluster with id {cluster_id!r}.", web)
+    values = {k: posted.get(k) for k in ("label", "subcategory", "author", "note")}
     try:
-        form = await _form(request)
-        values = {k: form.get(k, "") for k in values}
         update = LabelUpdateAdapter.validate_python(
             {
                 "label": values["label"],
@@ -462,27 +572,38 @@ async def set_cluster_label(
             f"{d['field']}: {d['message']}" for d in validation_details(list(exc.errors()))
         )
         error = f"The correction was not saved. {problems}."
-        return _cluster_view(request, session, services.routing, cid, form=values, error=error)
+        return _cluster_view(
+            request, session, services.routing, cid, web=web, form=values, error=error
+        )
     except NotFound as exc:
-        return _not_found(request, exc.message)
+        return _not_found(request, exc.message, web)
     except AppError as exc:
         error = f"The correction was not saved: {exc.message}"
-        return _cluster_view(request, session, services.routing, cid, form=values, error=error)
+        return _cluster_view(
+            request, session, services.routing, cid, web=web, form=values, error=error
+        )
     return RedirectResponse(f"/clusters/{cid}?saved=1", status_code=303)
 
 
 @router.post("/clusters/{cluster_id}/label/delete", response_class=HTMLResponse)
 def remove_cluster_label(
-    request: Request, services: ServicesDep, session: SessionDep, cluster_id: str
+    request: Request,
+    services: ServicesDep,
+    session: SessionDep,
+    posted: PostedFormDep,
+    cluster_id: str,
 ) -> Response:
     """Remove the cluster's correction: the model's label counts again."""
-    if not _signed_in(request, services.api_keys):
-        return _to_login()
+    web = _web_session(request, session, services)
+    if web is None:
+        return _to_login(request)
+    if (refused := _form_refused(request, posted, web)) is not None:
+        return refused
     cid = _cluster_id(cluster_id)
     if cid is None:
-        return _not_found(request, f"No cluster with id {cluster_id!r}.")
+        return _not_found(request, f"No cluster with id {cluster_id!r}.", web)
     try:
         cluster_service.clear_label(session, cluster_id=cid)
     except NotFound as exc:
-        return _not_found(request, exc.message)
+        return _not_found(request, exc.message, web)
     return RedirectResponse(f"/clusters/{cid}?removed=1", status_code=303)

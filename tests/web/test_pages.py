@@ -23,6 +23,7 @@ from app.routing.table import RoutingTable
 from app.tickets.models import Ticket
 from tests.digests.test_digest import PLAN, WEEK, WEEKS, _plant
 from tests.helpers import API_KEY, AUTH
+from tests.web.signin import form_token, session_token, sign_in
 
 NAMES = list(PLAN)
 SIZES = {name: sum(counts) for name, (_, _, counts) in PLAN.items()}
@@ -46,9 +47,15 @@ def routing(settings: Settings) -> RoutingTable:
 @pytest.fixture
 def web(client: TestClient) -> Iterator[TestClient]:
     """The test client, signed in through the form."""
-    r = client.post("/login", data={"key": API_KEY}, follow_redirects=False)
+    r = sign_in(client)
     assert r.status_code == 303
     yield client
+
+
+@pytest.fixture
+def csrf(web: TestClient) -> str:
+    """The signed-in session's form token."""
+    return session_token(web)
 
 
 def _plant_all(engine: Engine) -> dict[str, int]:
@@ -96,11 +103,13 @@ def test_pages_redirect_to_login_without_a_valid_cookie(client: TestClient) -> N
     for path in ("/clusters/1/label", "/clusters/1/label/delete"):
         r = client.post(path, data={"label": "UX", "author": "x"}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/login", path
-    # The API key itself, or anything else, is no session cookie.
-    for value in (API_KEY, "forged", "x" * 64):
-        client.cookies.set("issuelens_key", value)
+    # The API key itself, or anything else, is no session cookie (and the browser is told to
+    # forget it).
+    for value in (API_KEY, "forged", "x" * 64, "y" * 5000):
+        client.cookies.set("issuelens_session", value)
         r = client.get("/", follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/login", value
+        assert 'issuelens_session=""' in r.headers["set-cookie"]
     client.cookies.clear()
     page = client.get("/")  # followed to the sign-in form
     assert page.status_code == 200 and str(page.url).endswith("/login")
@@ -108,24 +117,27 @@ def test_pages_redirect_to_login_without_a_valid_cookie(client: TestClient) -> N
 
 
 def test_login_checks_the_key_and_sets_a_strict_cookie(client: TestClient) -> None:
-    wrong = client.post("/login", data={"key": "not-the-key"}, follow_redirects=False)
+    wrong = sign_in(client, "not-the-key")
     assert wrong.status_code == 401 and "That API key is not valid." in wrong.text
-    assert "set-cookie" not in wrong.headers and "issuelens_key" not in client.cookies
-    empty = client.post("/login", data={"key": "  "}, follow_redirects=False)
+    assert "issuelens_session" not in client.cookies
+    assert "issuelens_session" not in wrong.headers.get("set-cookie", "")
+    # The form comes back with a token that still works: the key is all that was wrong.
+    token = form_token(wrong.text, "/login")
+    empty = client.post("/login", data={"key": "  ", "csrf_token": token}, follow_redirects=False)
     assert empty.status_code == 401 and "Enter an API key" in empty.text
 
-    ok = client.post("/login", data={"key": API_KEY}, follow_redirects=False)
+    ok = client.post("/login", data={"key": API_KEY, "csrf_token": token}, follow_redirects=False)
     assert ok.status_code == 303 and ok.headers["location"] == "/"
-    cookie = ok.headers["set-cookie"]
-    assert cookie.startswith("issuelens_key=")
+    cookie = next(c for c in ok.headers.get_list("set-cookie") if "issuelens_session=" in c)
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
-    token = client.cookies["issuelens_key"]
-    assert token and API_KEY not in token  # derived from the key, not the key itself
+    assert "Max-Age=28800" in cookie and "Secure" not in cookie  # plain http here
+    session = client.cookies["issuelens_session"]
+    assert len(session) >= 43 and API_KEY not in session  # random, not derived from the key
     assert client.get("/", follow_redirects=False).status_code == 200
 
-    out = client.post("/logout", follow_redirects=False)
+    out = client.post("/logout", data={"csrf_token": session_token(client)}, follow_redirects=False)
     assert out.status_code == 303 and out.headers["location"] == "/login"
-    assert "issuelens_key" not in client.cookies
+    assert "issuelens_session" not in client.cookies
     assert client.get("/", follow_redirects=False).status_code == 303
 
 
@@ -301,7 +313,7 @@ def test_cluster_page_shows_the_cluster(
 
 
 def test_override_form_stores_and_removes_a_correction(
-    web: TestClient, engine: Engine, routing: RoutingTable
+    web: TestClient, csrf: str, engine: Engine, routing: RoutingTable
 ) -> None:
     ids = _plant_all(engine)
     name = next(n for n in NAMES if PLAN[n][0] == "UX")
@@ -309,7 +321,7 @@ def test_override_form_stores_and_removes_a_correction(
     r = web.post(
         f"/clusters/{cid}/label",
         data={"label": "CX", "subcategory": "billing", "author": "lead@example.com",
-              "note": "<b>refund</b> loop"},
+              "note": "<b>refund</b> loop", "csrf_token": csrf},
         follow_redirects=False,
     )  # fmt: skip
     assert r.status_code == 303 and r.headers["location"] == f"/clusters/{cid}?saved=1"
@@ -321,6 +333,8 @@ def test_override_form_stores_and_removes_a_correction(
         assert row is not None and row.note == "<b>refund</b> loop"
 
     page = web.get(r.headers["location"]).text
+    assert form_token(page, f"/clusters/{cid}/label") == csrf
+    assert form_token(page, f"/clusters/{cid}/label/delete") == csrf
     assert "Correction saved." in page and "by lead@example.com" in page
     assert "&lt;b&gt;refund&lt;/b&gt; loop" in page and "<b>refund</b>" not in page
     assert f"→ team <b>{routing.team_for('CX', 'billing')}</b>" in page
@@ -329,7 +343,9 @@ def test_override_form_stores_and_removes_a_correction(
     listed = web.get("/clusters", params={"label": "CX"}).text
     assert f">{name}</a>" in listed and "corrected" in listed
 
-    removed = web.post(f"/clusters/{cid}/label/delete", follow_redirects=False)
+    removed = web.post(
+        f"/clusters/{cid}/label/delete", data={"csrf_token": csrf}, follow_redirects=False
+    )
     assert removed.status_code == 303
     assert removed.headers["location"] == f"/clusters/{cid}?removed=1"
     after = web.get(f"/v1/clusters/{cid}").json()["label"]
@@ -338,10 +354,13 @@ def test_override_form_stores_and_removes_a_correction(
         assert s.exec(select(ClusterLabel)).all() == []
     page = web.get(removed.headers["location"]).text
     assert "Correction removed." in page and "Remove correction" not in page
-    assert web.post("/clusters/999999/label/delete").status_code == 404
+    missing = web.post("/clusters/999999/label/delete", data={"csrf_token": csrf})
+    assert missing.status_code == 404
 
 
-def test_bad_form_input_shows_the_page_with_the_error(web: TestClient, engine: Engine) -> None:
+def test_bad_form_input_shows_the_page_with_the_error(
+    web: TestClient, csrf: str, engine: Engine
+) -> None:
     ids = _plant_all(engine)
     name = next(n for n in NAMES if PLAN[n][0] == "UX")
     cid = ids[name]
@@ -359,7 +378,7 @@ def test_bad_form_input_shows_the_page_with_the_error(web: TestClient, engine: E
         ),
     ]
     for data, message in cases:
-        r = web.post(f"/clusters/{cid}/label", data=data)
+        r = web.post(f"/clusters/{cid}/label", data={**data, "csrf_token": csrf})
         assert r.status_code == 422, data
         assert "The correction was not saved" in r.text and message in r.text, data
         assert f"<h1>{name}" in r.text  # the page again, with what was typed
@@ -367,7 +386,9 @@ def test_bad_form_input_shows_the_page_with_the_error(web: TestClient, engine: E
             assert f'value="{data["author"]}"' in r.text
     with Session(engine) as s:
         assert s.exec(select(ClusterLabel)).all() == []
-    missing = web.post("/clusters/999999/label", data={"label": "UX", "author": "a"})
+    missing = web.post(
+        "/clusters/999999/label", data={"label": "UX", "author": "a", "csrf_token": csrf}
+    )
     assert missing.status_code == 404
 
 
