@@ -5,20 +5,24 @@ Each channel's outcome is recorded on the digest row (`delivery`):
     {"slack": {"status": "delivered"|"pending"|"failed", "attempts": 2, "error": None,
                "at": "2026-11-23T08:00:03+00:00", "next_attempt_at": None}, "email": {...}}
 
-A failed send stays "pending" with `next_attempt_at` = now + DIGEST_RETRY_BACKOFF_S *
-2**(attempts-1) and is picked up by `retry_due` (the worker calls it through the schedule);
-after DIGEST_MAX_ATTEMPTS it is "failed" for good, until `deliver` is called for it again.
+A failed send stays "pending" with `next_attempt_at` = now + core.retry.backoff (doubling from
+DIGEST_RETRY_BACKOFF_S, capped at a day, +-20% jitter) and is picked up by `retry_due` (the
+worker calls it through the schedule); after DIGEST_MAX_ATTEMPTS it is "failed" for good, until
+`deliver` is called for it again. A stored digest whose message cannot be built is "failed" at
+once, with the reason: no retry would change it. One digest or channel that raises never stops
+the others in `retry_due`.
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import smtplib
 import ssl
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid, parseaddr
@@ -27,6 +31,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from app.core import retry
 from app.core.config import Settings
 from app.core.db import begin_write, utcnow
 from app.core.errors import InvalidInput, NotFound
@@ -143,7 +148,8 @@ def send_slack(url: str, payload: dict[str, Any], timeout: float) -> None:
         # Slack says why in a short body: invalid_payload, no_service, channel_is_archived...
         detail = exc.read(200).decode("utf-8", "replace").strip()
         raise DeliveryError(f"HTTP {exc.code}" + (f": {detail}" if detail else "")) from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as exc:
+        # HTTPException: an answer that is not HTTP (BadStatusLine, too many headers...).
         reason = getattr(exc, "reason", exc)
         raise DeliveryError(f"{type(exc).__name__}: {reason}") from None
     if not 200 <= status < 300:
@@ -215,25 +221,43 @@ def digest_url(settings: Settings, digest_id: int) -> str:
 
 
 def retry_delay(attempts: int, settings: Settings) -> float:
-    """Seconds before the next try after `attempts` failures: doubling from the backoff."""
-    delay: float = settings.digest_retry_backoff_s * 2 ** max(0, attempts - 1)
-    return min(delay, MAX_BACKOFF_S)
+    """Seconds before the next try after `attempts` failures: core.retry.backoff from
+    DIGEST_RETRY_BACKOFF_S, capped at a day."""
+    return retry.backoff(attempts, settings.digest_retry_backoff_s, MAX_BACKOFF_S)
 
 
 def _subject(digest: Digest) -> str:
     return f"Weekly issues digest {digest.week}{_scope(digest)}"
 
 
-def _send(channel: str, row: StoredDigest, settings: Settings) -> None:
+def _prepare(channel: str, row: StoredDigest, settings: Settings) -> Callable[[], None]:
+    """The channel's send, its message built from the stored digest (raises if it cannot be)."""
     digest = Digest.model_validate(row.payload)
     url = digest_url(settings, row.id or 0)
     if channel == "slack":
-        send_slack(
-            settings.digest_slack_webhook_url.strip(), slack_message(digest, url), SEND_TIMEOUT_S
-        )
-    else:
-        text = render_text(digest) + f"\nRead the full digest: {url}\n"
-        send_email(settings, subject=_subject(digest), html=row.html, text=text)
+        target, message = settings.digest_slack_webhook_url.strip(), slack_message(digest, url)
+        return lambda: send_slack(target, message, SEND_TIMEOUT_S)
+    subject, html = _subject(digest), row.html
+    text = render_text(digest) + f"\nRead the full digest: {url}\n"
+    return lambda: send_email(settings, subject=subject, html=html, text=text)
+
+
+def _attempt(channel: str, row: StoredDigest, settings: Settings) -> tuple[str | None, bool]:
+    """Send one channel: (the error or None, whether a retry could change the outcome)."""
+    extra = {"stage": "digest", "digest": row.id, "channel": channel}
+    try:
+        send = _prepare(channel, row, settings)
+    except Exception as exc:  # noqa: BLE001 - a stored digest that never renders stops here
+        log.error("digest message could not be built", exc_info=True, extra=extra)
+        return f"message could not be built: {type(exc).__name__}: {exc}"[:500], False
+    try:
+        send()
+    except DeliveryError as exc:
+        return exc.reason, True
+    except Exception as exc:  # noqa: BLE001 - counted as a failed attempt, retried with backoff
+        log.warning("digest send raised", exc_info=True, extra=extra)
+        return f"{type(exc).__name__}: {exc}"[:500], True
+    return None, True
 
 
 def _aware(when: datetime) -> datetime:
@@ -314,12 +338,9 @@ def _deliver_channel(
         if row is None:
             raise NotFound(f"No digest with id {digest_id}.")
     # The session is closed: no transaction stays open while the channel is sent.
-    try:
-        _send(channel, row, settings)
-        error = None
-    except DeliveryError as exc:
-        error = exc.reason
-    attempts += 1
+    error, retryable = _attempt(channel, row, settings)
+    if retryable:
+        attempts += 1
     entry: dict[str, Any] = {
         "status": "delivered",
         "attempts": attempts,
@@ -328,7 +349,7 @@ def _deliver_channel(
         "next_attempt_at": None,
     }
     extra = {"stage": "digest", "digest": digest_id, "channel": channel, "attempts": attempts}
-    if error is not None and attempts >= settings.digest_max_attempts:
+    if error is not None and (not retryable or attempts >= settings.digest_max_attempts):
         entry.update(status="failed", error=error)
         log.warning(
             "digest delivery to %s failed for good: %s",
@@ -411,6 +432,17 @@ def retry_due(engine: Engine, settings: Settings, now: datetime) -> dict[int, di
         if not chans:
             continue
         for channel in chans:
-            _deliver_channel(engine, digest_id, channel, settings, due_at=now, now=now)
-        out[digest_id] = _current(engine, digest_id)
+            try:
+                _deliver_channel(engine, digest_id, channel, settings, due_at=now, now=now)
+            except Exception:  # noqa: BLE001 - one digest or channel must not stop the others
+                # Claimed but not recorded (the database, or the row gone): due again when
+                # the claim's lease runs out.
+                log.exception(
+                    "digest retry error",
+                    extra={"stage": "digest", "digest": digest_id, "channel": channel},
+                )
+        try:
+            out[digest_id] = _current(engine, digest_id)
+        except NotFound:
+            continue
     return out

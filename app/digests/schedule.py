@@ -124,9 +124,17 @@ def run_schedule(
     week = due_week(now, settings)
     if week is not None:
         for team in scheduled_teams(settings):
-            digest_id = _store(
-                engine, week=week, team=team, routing=routing, settings=settings, now=now
-            )
+            try:
+                digest_id = _store(
+                    engine, week=week, team=team, routing=routing, settings=settings, now=now
+                )
+            except Exception:  # noqa: BLE001 - one team's digest must not stop the others
+                # Nothing stored: tried again at the next check (once a minute in the worker).
+                log.exception(
+                    "scheduled digest not built",
+                    extra={"stage": "digest", "week": str(week), "team": team},
+                )
+                continue
             if digest_id is None:
                 continue
             created.append(digest_id)
@@ -139,6 +147,13 @@ def run_schedule(
                 "scheduled digest stored",
                 extra={"stage": "digest", "digest": digest_id, "week": str(week), "team": team},
             )
-            delivery.deliver(engine, digest_id, settings, now=now)
+            try:
+                delivery.deliver(engine, digest_id, settings, now=now)
+            except Exception:  # noqa: BLE001 - stored with every channel pending: the
+                # retries send it once the send lease has run out.
+                log.exception(
+                    "scheduled digest not delivered",
+                    extra={"stage": "digest", "digest": digest_id, "team": team},
+                )
     delivery.retry_due(engine, settings, now)
     return created

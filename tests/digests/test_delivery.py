@@ -20,6 +20,7 @@ from aiosmtpd.controller import Controller
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
+from app.core import retry
 from app.core.config import Settings
 from app.core.db import utcnow
 from app.digests import delivery, schedule
@@ -139,6 +140,10 @@ def store(engine: Engine, digest: Digest, *, trigger: str = "api") -> int:
         session.commit()
         assert row.id is not None
         return row.id
+
+
+def _next_attempt(entry: dict[str, Any]) -> datetime:
+    return datetime.fromisoformat(entry["next_attempt_at"])
 
 
 def stored(engine: Engine) -> list[StoredDigest]:
@@ -336,24 +341,27 @@ def test_slack_failures_retry_with_backoff_then_fail_then_a_manual_retry_deliver
     slack.status = 500
 
     entry = delivery.deliver(engine, digest_id, settings, now=NOW)["slack"]
+    second = _next_attempt(entry)
     assert entry == {
         "status": "pending",
         "attempts": 1,
         "error": "HTTP 500: internal_error",
         "at": NOW.isoformat(),
-        "next_attempt_at": (NOW + timedelta(seconds=60)).isoformat(),
+        "next_attempt_at": second.isoformat(),
     }
+    # DIGEST_RETRY_BACKOFF_S, +-20% jitter.
+    assert NOW + timedelta(seconds=48) <= second <= NOW + timedelta(seconds=72)
     # Not due yet: nothing is sent.
-    assert delivery.retry_due(engine, settings, NOW + timedelta(seconds=59)) == {}
+    assert delivery.retry_due(engine, settings, second - timedelta(seconds=1)) == {}
     assert len(slack.payloads) == 1
 
-    second = NOW + timedelta(seconds=60)
     entry = delivery.retry_due(engine, settings, second)[digest_id]["slack"]
     assert entry["status"] == "pending" and entry["attempts"] == 2
-    assert entry["next_attempt_at"] == (second + timedelta(seconds=120)).isoformat()
+    third = _next_attempt(entry)
+    # Doubled: 120 s, +-20%.
+    assert second + timedelta(seconds=96) <= third <= second + timedelta(seconds=144)
     assert warnings_log.records == []
 
-    third = second + timedelta(seconds=120)
     entry = delivery.retry_due(engine, settings, third)[digest_id]["slack"]
     assert entry == {
         "status": "failed",
@@ -464,7 +472,8 @@ def test_unreachable_smtp_is_pending_then_failed(
     assert result["slack"]["status"] == "delivered"
     assert result["email"]["status"] == "pending" and result["email"]["attempts"] == 1
     assert "ConnectionRefusedError" in result["email"]["error"]
-    assert result["email"]["next_attempt_at"] == (NOW + timedelta(seconds=30)).isoformat()
+    due = _next_attempt(result["email"])
+    assert NOW + timedelta(seconds=24) <= due <= NOW + timedelta(seconds=36)
 
     later = NOW + timedelta(minutes=5)
     result = delivery.retry_due(engine, settings, later)[digest_id]
@@ -491,6 +500,140 @@ def test_send_email_refused_recipient_is_a_delivery_error(
             delivery.send_email(settings, subject="s", html="<p>h</p>", text="t")
     finally:
         controller.stop()
+
+
+# ---- one backoff, rows that fail alone ------------------------------------------------------
+
+
+def test_retries_wait_what_core_retry_backoff_says(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    slack: SlackReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    def fake_backoff(*args: Any, **kwargs: Any) -> float:
+        calls.append(args)
+        return 7.0
+
+    monkeypatch.setattr(retry, "backoff", fake_backoff)
+    settings = make_settings(digest_slack_webhook_url=slack.url, digest_retry_backoff_s=45)
+    digest_id = store(engine, make_digest())
+    slack.status = 500
+    entry = delivery.deliver(engine, digest_id, settings, now=NOW)["slack"]
+    assert entry["next_attempt_at"] == (NOW + timedelta(seconds=7)).isoformat()
+    later = NOW + timedelta(seconds=7)
+    entry = delivery.retry_due(engine, settings, later)[digest_id]["slack"]
+    assert entry["next_attempt_at"] == (later + timedelta(seconds=7)).isoformat()
+    assert calls == [(1, 45.0, delivery.MAX_BACKOFF_S), (2, 45.0, delivery.MAX_BACKOFF_S)]
+
+
+def _due_now(engine: Engine, digest_id: int) -> None:
+    """Mark the digest's Slack channel as a retry due at NOW."""
+    with Session(engine) as session:
+        row = session.get_one(StoredDigest, digest_id)
+        row.delivery = {
+            "slack": {
+                "status": "pending",
+                "attempts": 1,
+                "error": "HTTP 500",
+                "at": None,
+                "next_attempt_at": NOW.isoformat(),
+            }
+        }
+        session.add(row)
+        session.commit()
+
+
+def test_a_digest_that_cannot_be_rendered_fails_alone(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    slack: SlackReceiver,
+    warnings_log: Warnings,
+) -> None:
+    settings = make_settings(digest_slack_webhook_url=slack.url)
+    broken = store(engine, make_digest(week="2026-W46"))
+    good = store(engine, make_digest())
+    with Session(engine) as session:
+        row = session.get_one(StoredDigest, broken)
+        row.payload = {"week": "2026-W46", "headline": "not a headline"}  # kept by an old bug
+        session.add(row)
+        session.commit()
+    for digest_id in (broken, good):
+        _due_now(engine, digest_id)
+
+    result = delivery.retry_due(engine, settings, NOW)
+    # The good one went out in the same round; the broken one failed at once, with the reason.
+    assert result[good]["slack"]["status"] == "delivered"
+    assert len(slack.payloads) == 1 and "2026-W47" in json.dumps(slack.payloads[0])
+    entry = result[broken]["slack"]
+    assert entry["status"] == "failed" and entry["attempts"] == 1
+    assert entry["error"].startswith("message could not be built: ValidationError")
+    assert [r.getMessage() for r in warnings_log.records] == [
+        "digest message could not be built",
+        f"digest delivery to slack failed for good: {entry['error']}",
+    ]
+    assert warnings_log.records[0].exc_info is not None
+    # Failed for good: no later round sends or logs it again.
+    assert delivery.retry_due(engine, settings, NOW + timedelta(days=1)) == {}
+    assert len(slack.payloads) == 1 and len(warnings_log.records) == 2
+
+
+def test_one_channel_that_raises_does_not_stop_the_retries_of_others(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    slack: SlackReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    settings = make_settings(digest_slack_webhook_url=slack.url)
+    first, second = store(engine, make_digest(week="2026-W46")), store(engine, make_digest())
+    for digest_id in (first, second):
+        _due_now(engine, digest_id)
+    real = delivery._deliver_channel
+
+    def deliver_channel(engine: Engine, digest_id: int, *args: Any, **kwargs: Any) -> None:
+        if digest_id == first:
+            raise OperationalError("UPDATE digest", {}, Exception("database is locked"))
+        real(engine, digest_id, *args, **kwargs)
+
+    monkeypatch.setattr(delivery, "_deliver_channel", deliver_channel)
+    with caplog.at_level(logging.ERROR, logger="app.digests"):
+        result = delivery.retry_due(engine, settings, NOW)
+    assert result[second]["slack"]["status"] == "delivered"
+    assert result[first]["slack"]["status"] == "pending"  # left for the next round
+    assert len(slack.payloads) == 1
+    assert [(r.getMessage(), r.__dict__["digest"]) for r in caplog.records] == [
+        ("digest retry error", first)
+    ]
+
+
+def test_a_slack_answer_that_is_not_http_is_a_delivery_error(
+    engine: Engine, make_settings: Callable[..., Settings]
+) -> None:
+    import socketserver
+
+    class NotHttp(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            self.wfile.write(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), NotHttp)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+        settings = make_settings(digest_slack_webhook_url=url, digest_max_attempts=2)
+        digest_id = store(engine, make_digest())
+        entry = delivery.deliver(engine, digest_id, settings, now=NOW)["slack"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert entry["status"] == "pending" and entry["attempts"] == 1
+    assert entry["error"].startswith("BadStatusLine")
 
 
 # ---- schedule -------------------------------------------------------------------------------
@@ -620,6 +763,45 @@ def test_run_schedule_per_team_and_retries_due_deliveries(
     assert all(r.delivery["slack"]["attempts"] == 2 for r in rows)
 
 
+def test_run_schedule_one_team_that_raises_does_not_stop_the_others(
+    engine: Engine,
+    make_settings: Callable[..., Settings],
+    slack: SlackReceiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = make_settings(
+        digest_schedule_weekday="mon",
+        digest_schedule_hour=8,
+        digest_schedule_teams="billing,product-engineering",
+        digest_slack_webhook_url=slack.url,
+    )
+    routing = RoutingTable.load(settings.routing_table)
+    monday = datetime(2027, 1, 4, 8, 0, tzinfo=UTC)
+    real = schedule.build_digest
+
+    def build(session: Session, *, team: str | None, **kwargs: Any) -> Digest:
+        if team == "billing":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(session, team=team, **kwargs)
+
+    monkeypatch.setattr(schedule, "build_digest", build)
+    with caplog.at_level(logging.ERROR, logger="app.digests"):
+        (made,) = schedule.run_schedule(engine, settings, routing, monday)
+    assert [(r.team, r.delivery["slack"]["status"]) for r in stored(engine)] == [
+        ("product-engineering", "delivered")
+    ]
+    assert [(r.getMessage(), r.__dict__["team"]) for r in caplog.records] == [
+        ("scheduled digest not built", "billing")
+    ]
+    # Fixed: the next check makes the missing one, and only that one.
+    monkeypatch.undo()
+    (late,) = schedule.run_schedule(engine, settings, routing, monday + timedelta(minutes=1))
+    assert late > made
+    assert [r.team for r in stored(engine)] == ["product-engineering", "billing"]
+    assert len(slack.payloads) == 2
+
+
 def test_run_schedule_without_channels_still_keeps_the_digest(
     engine: Engine, make_settings: Callable[..., Settings]
 ) -> None:
@@ -646,9 +828,9 @@ def test_a_digest_stored_but_never_sent_is_picked_up_by_the_retries(
         raise RuntimeError("process killed")
 
     monkeypatch.setattr(delivery, "deliver", crash)
-    with pytest.raises(RuntimeError):
-        schedule.run_schedule(engine, settings, routing, monday)
+    (digest_id,) = schedule.run_schedule(engine, settings, routing, monday)
     (row,) = stored(engine)
+    assert row.id == digest_id
     assert row.delivery["slack"]["status"] == "pending" and row.delivery["slack"]["attempts"] == 0
     monkeypatch.undo()
 
