@@ -219,4 +219,4 @@ def test_outbound_needs_a_secret() -> None:
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError, match="OUTBOUND_WEBHOOK_SECRET"):
-        Settings(_env_file=None, outbound_webhook_url="http://127.0.0.1:1/x")  # type: ignore[call-arg]
+        Settings(_env_file=None, outbound_webhook_url="http://127.0.0.1:1/x")

@@ -199,18 +199,18 @@ def _probe_database(db_url: str, delivery_id: int) -> dict[str, Any]:
         finally:
             conn.close()
     plain = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(plain, autocommit=True) as conn:
-        idle_in_transaction = conn.execute(
+    with psycopg.connect(plain, autocommit=True) as pg:
+        idle_in_transaction = pg.execute(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
             "AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()"
         ).fetchone()
         try:
-            with conn.transaction():
-                conn.execute(
+            with pg.transaction():
+                pg.execute(
                     "SELECT id FROM outbound_delivery WHERE id = %s FOR UPDATE NOWAIT",
                     (delivery_id,),
                 )
-                conn.execute("SELECT id FROM outbound_delivery FOR UPDATE NOWAIT")
+                pg.execute("SELECT id FROM outbound_delivery FOR UPDATE NOWAIT")
             write: bool | str = True
         except psycopg.errors.LockNotAvailable as exc:
             write = str(exc)
