@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 from fastapi import Depends, Request
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from app.core.body import read_body
+from app.core.body import UnsupportedMediaType, read_body
 from app.core.errors import AppError, InvalidInput
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
@@ -39,13 +39,6 @@ class Forbidden(AppError):
 
     status_code = 403
     code = "forbidden"
-
-
-class UnsupportedForm(AppError):
-    """A form POST whose body is not a browser form."""
-
-    status_code = 415
-    code = "unsupported_media_type"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +59,7 @@ def check_content_type(request: Request) -> None:
     ctype = declared.split(";")[0].strip().lower()
     if ctype not in FORM_TYPES:
         shown = repr(ctype) if ctype else "none"
-        raise UnsupportedForm(
+        raise UnsupportedMediaType(
             f"Forms are sent as application/x-www-form-urlencoded or multipart/form-data; "
             f"this request's Content-Type is {shown}."
         )
