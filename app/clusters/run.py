@@ -104,11 +104,34 @@ def load_window(
         )
         .order_by(col(Ticket.id))
     ).all()
-    members = [_member(t, a) for t, a in rows]
-    if not rows:
+    members: list[Member] = []
+    vectors: list[np.ndarray] = []
+    unreadable: list[int] = []
+    for ticket, analysis in rows:
+        # One stored analysis that cannot be read must not fail every run, leaving the
+        # clusters stale for good: it is left out, and the run goes on with the rest.
+        try:
+            member = _member(ticket, analysis)
+            vector = np.frombuffer(analysis.embedding, dtype="<f4")
+        except Exception:  # noqa: BLE001 - named in the warning below
+            unreadable.append(ticket.id or 0)
+            continue
+        members.append(member)
+        vectors.append(vector)
+    if vectors:
+        # Embeddings of another size (another encoder) cannot be stacked with the rest.
+        dim = Counter(v.shape[0] for v in vectors).most_common(1)[0][0]
+        unreadable += [m.ticket_id for m, v in zip(members, vectors, strict=True) if len(v) != dim]
+        kept = [(m, v) for m, v in zip(members, vectors, strict=True) if len(v) == dim]
+        members, vectors = [m for m, _ in kept], [v for _, v in kept]
+    if unreadable:
+        log.warning(
+            "cluster run left out tickets whose stored analysis cannot be read",
+            extra={"stage": "cluster", "count": len(unreadable), "tickets": unreadable[:20]},
+        )
+    if not members:
         return members, np.zeros((0, 0), dtype=np.float32)
-    x = np.stack([np.frombuffer(a.embedding, dtype="<f4") for _, a in rows])
-    return members, x.astype(np.float32)
+    return members, np.stack(vectors).astype(np.float32)
 
 
 def iso_week(moment: datetime) -> str:
