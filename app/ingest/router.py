@@ -192,6 +192,7 @@ def _normalise(spec: Provider, name: str, payload: Any, req: WebhookRequest) -> 
         413: {"description": "Request or a text is over its limit."},
         415: {"description": "Content-Type is not JSON."},
         422: {"description": "Not a payload of this provider, or a field is invalid."},
+        503: {"description": "Freshdesk's API could not confirm the ticket now: retry."},
     },
 )
 async def receive_webhook(
@@ -203,12 +204,14 @@ async def receive_webhook(
     raw = await read_body(request, max_bytes=settings.max_request_bytes)
     req = WebhookRequest(
         body=raw.data,
-        headers={k.lower(): v for k, v in request.headers.items()},
+        headers=WebhookRequest.collect(request.headers.items()),  # repeats kept: a 401
         now=utcnow(),
         secret=settings.webhook_secret(provider.value),
         max_age_s=settings.webhook_max_age_s,
     )
     spec.verify(req)  # before anything is parsed or stored
+    if spec.confirm is not None:
+        req = await spec.confirm(req, settings)  # Freshdesk's verified mode: ask its API
 
     def work() -> tuple[Normalised, list[Any]]:
         normalised = _normalise(spec, provider.value, parse_json(raw), req)

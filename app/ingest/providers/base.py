@@ -6,11 +6,12 @@ import base64
 import hashlib
 import hmac
 import html
+import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 from lxml import html as lxml_html
@@ -18,21 +19,47 @@ from lxml import html as lxml_html
 from app.core.errors import InvalidInput, Unauthorized
 from app.ingest.schemas import TicketCreate
 
+if TYPE_CHECKING:
+    from app.core.config import Settings
+
 
 @dataclass(frozen=True, slots=True)
 class WebhookRequest:
-    """A delivery as received: raw bytes (what is signed), lower-cased headers, arrival time."""
+    """A delivery as received: raw bytes (what is signed), every value of each header (names
+    lower-cased, values in arrival order), arrival time; `fetched` holds what a provider's own
+    API said about the delivery (Freshdesk's verified mode), None otherwise."""
 
     body: bytes
-    headers: Mapping[str, str]
+    headers: Mapping[str, tuple[str, ...]]
     now: datetime
     secret: str
     max_age_s: int
+    fetched: Mapping[str, Any] | None = None
+
+    @staticmethod
+    def collect(pairs: Iterable[tuple[str, str]]) -> dict[str, tuple[str, ...]]:
+        """Headers as received (repeats included) grouped by lower-cased name."""
+        grouped: dict[str, tuple[str, ...]] = {}
+        for name, value in pairs:
+            key = name.lower()
+            grouped[key] = (*grouped.get(key, ()), value)
+        return grouped
 
     def header(self, name: str) -> str | None:
-        """A header's value, case-insensitively; None when absent or blank."""
-        value = self.headers.get(name.lower())
-        return value.strip() if value and value.strip() else None
+        """A header's value, case-insensitively; None when absent or blank.
+
+        Every header a provider reads is a credential or decides what is stored (signature,
+        timestamp, event, shared secret), so it must arrive exactly once: with two copies, a
+        proxy or library that keeps the first and one that keeps the last would check different
+        values. A repeated header is a 401, whatever its copies hold."""
+        values = self.headers.get(name.lower(), ())
+        if len(values) > 1:
+            raise unauthorized(
+                f"{name} was sent {len(values)} times; send it exactly once.",
+                code="duplicate_header",
+            )
+        value = values[0].strip() if values else ""
+        return value or None
 
 
 @dataclass(slots=True)
@@ -56,6 +83,9 @@ class Provider:
     verify: Callable[[WebhookRequest], None]
     normalise: Callable[[Any, WebhookRequest], Normalised]
     signature_help: str
+    # Awaited after `verify` and before `normalise`: asks the helpdesk's own API about the
+    # delivery and returns the request with `fetched` set (unchanged when not configured).
+    confirm: Callable[[WebhookRequest, Settings], Awaitable[WebhookRequest]] | None = None
 
 
 def unauthorized(message: str, code: str = "invalid_signature") -> Unauthorized:
@@ -150,6 +180,49 @@ def pick(data: Any, *path: str) -> Any:
             return None
         data = data.get(key)
     return data
+
+
+# Event ids are stored in webhook_event.event_id (255 characters); a longer one from a signed
+# body is kept as its hash instead of failing the insert on PostgreSQL alone.
+_MAX_EVENT_ID = 128
+
+
+def event_key(value: str | None, body: bytes) -> str:
+    """The id a delivery is deduplicated on: the provider's event id from the signed body, or
+    the body's sha256 when it has none (never a header: headers are not signed)."""
+    if value is None:
+        return hashlib.sha256(body).hexdigest()
+    if len(value) > _MAX_EVENT_ID:
+        return "sha256:" + hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()
+    return value
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise InvalidInput(
+                f"The body names the key {key!r} more than once in one object. JSON parsers "
+                "disagree on which copy counts (the first or the last), so the same signed "
+                "bytes could be read as two different deliveries: send each key once.",
+                code="duplicate_key",
+            )
+        seen.add(key)
+    return dict(pairs)
+
+
+def refuse_duplicate_keys(body: bytes) -> None:
+    """A 422 when any object in the (already parsed, valid) JSON body repeats a key.
+
+    A webhook body built from a template (Zendesk triggers, Freshdesk rules, generic senders)
+    with a value spliced in unescaped can carry a second `"ticket_id"` that one parser reads and
+    another does not; refusing such a body keeps what is checked and what is stored the same."""
+    if body.count(b'"') < 4:
+        return  # fewer than two keys: nothing can repeat
+    try:
+        json.loads(body, object_pairs_hook=_unique_pairs)
+    except (ValueError, RecursionError):
+        return  # not this check's concern: parse_json already accepted or refused the body
 
 
 # Block elements: their text goes on lines of its own.

@@ -17,11 +17,13 @@ from app.ingest.providers.base import (
     WebhookRequest,
     check_fresh,
     compact,
+    event_key,
     hmac_digest,
     html_to_text,
     obj,
     parse_time,
     pick,
+    refuse_duplicate_keys,
     require_secret,
     same,
     text_id,
@@ -51,6 +53,7 @@ def verify(req: WebhookRequest) -> None:
 
 def normalise(payload: Any, req: WebhookRequest) -> Normalised:
     """The customer's message from an inbound event."""
+    refuse_duplicate_keys(req.body)
     data = obj(payload, "The body")
     event = data.get("type")
     event_id = text_id(data.get("id"))
@@ -58,7 +61,7 @@ def normalise(payload: Any, req: WebhookRequest) -> Normalised:
         raise InvalidInput(
             "Not a Front event: 'type' and 'id' are required.", code="invalid_payload"
         )
-    out = Normalised(event_id=event_id, event=event)
+    out = Normalised(event_id=event_key(event_id, req.body), event=event)
     if event not in INBOUND:
         out.ignored = f"{event} events carry no new customer text"
         return out

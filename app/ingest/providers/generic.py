@@ -7,7 +7,6 @@ accepted). The body is one ticket object as POST /v1/tickets takes it (source de
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from pydantic import ValidationError
@@ -17,8 +16,10 @@ from app.ingest.providers.base import (
     Normalised,
     Provider,
     WebhookRequest,
+    event_key,
     hmac_digest,
     obj,
+    refuse_duplicate_keys,
     require_secret,
     same,
     text_id,
@@ -42,8 +43,9 @@ def verify(req: WebhookRequest) -> None:
 
 def normalise(payload: Any, req: WebhookRequest) -> Normalised:
     """One ticket, or a list under 'tickets'."""
+    refuse_duplicate_keys(req.body)
     data = obj(payload, "The body")
-    event_id = text_id(data.get("event_id")) or hashlib.sha256(req.body).hexdigest()
+    event_id = event_key(text_id(data.get("event_id")), req.body)
     if "tickets" in data:
         raw_items = data["tickets"]
         if not isinstance(raw_items, list) or not raw_items:

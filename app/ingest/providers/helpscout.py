@@ -4,11 +4,18 @@ Signature: X-HelpScout-Signature = base64(HMAC-SHA1(secret, raw body)).
 `convo.created` stores the conversation (its first customer thread) as the ticket;
 `convo.customer.reply.created` stores the newest customer thread as
 `<conversation id>/threads/<thread id>`. Agent replies, notes and other events are ignored.
+
+Help Scout signs the body only, not the X-HelpScout-Event header, so nothing that decides
+identity comes from the header: the event id is the body's sha256 (a Help Scout retry resends the
+same body with the same event, so it is a duplicate), and a customer thread's ticket key comes
+from the body alone (the conversation's first customer thread is the conversation's ticket, every
+later one `<id>/threads/<thread id>`). A signed body resent under another event name therefore
+repeats the event id, and even a first delivery under the wrong name can only name tickets the
+body itself holds: never a second copy of the same text.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from app.core.errors import InvalidInput
@@ -17,12 +24,14 @@ from app.ingest.providers.base import (
     Provider,
     WebhookRequest,
     compact,
+    event_key,
     hmac_digest,
     html_to_text,
     iso,
     obj,
     parse_time,
     pick,
+    refuse_duplicate_keys,
     require_secret,
     same,
     text_id,
@@ -32,12 +41,14 @@ from app.ingest.schemas import TicketCreate
 
 SIGNATURE = "X-HelpScout-Signature"
 EVENT = "X-HelpScout-Event"
+STORED = frozenset({"convo.created", "convo.customer.reply.created"})
 
 
 def verify(req: WebhookRequest) -> None:
-    """Check the base64 HMAC-SHA1 of the raw body."""
+    """Check the base64 HMAC-SHA1 of the raw body (and that the event header came once)."""
     secret = require_secret(req, "helpscout")
     signature = req.header(SIGNATURE)
+    req.header(EVENT)  # a repeated event header is refused before anything else
     if signature is None:
         raise unauthorized(f"Missing {SIGNATURE}.", code="missing_signature")
     if not same(hmac_digest(secret, req.body, "sha1"), signature, encoding="base64"):
@@ -65,67 +76,77 @@ def _author(convo: dict[str, Any], thread: dict[str, Any] | None) -> str | None:
     return None
 
 
+def _ticket(
+    convo: dict[str, Any], convo_id: str, thread: dict[str, Any] | None, first: bool, fallback: str
+) -> TicketCreate | str:
+    """The ticket for one customer thread (None: the conversation without embedded threads),
+    or why there is none. The key depends on the thread's place in the signed body only."""
+    subject = convo.get("subject") if isinstance(convo.get("subject"), str) else None
+    if first:
+        body = html_to_text(thread.get("body")) if thread else ""
+        body = body or html_to_text(convo.get("preview"))
+        if not body:
+            return "the conversation has no customer text"
+        meta = compact(
+            number=convo.get("number"),
+            mailbox=text_id(convo.get("mailboxId")),
+            status=convo.get("status"),
+            via=pick(convo, "source", "type"),
+            source_updated_at=iso(convo.get("userUpdatedAt") or convo.get("updatedAt")),
+        )
+        return TicketCreate(
+            source="helpscout",
+            external_id=convo_id,
+            subject=subject,
+            body=body,
+            author=_author(convo, thread),
+            created_at=parse_time(convo.get("createdAt")),
+            metadata=meta or None,
+        )
+    assert thread is not None
+    body = html_to_text(thread.get("body"))
+    if not body:
+        return "the customer's reply has no text"
+    return TicketCreate(
+        source="helpscout",
+        external_id=f"{convo_id}/threads/{text_id(thread.get('id')) or fallback}",
+        subject=subject,
+        body=body,
+        author=_author(convo, thread),
+        created_at=parse_time(thread.get("createdAt")),
+        metadata={"thread": convo_id, "kind": "reply"},
+    )
+
+
 def normalise(payload: Any, req: WebhookRequest) -> Normalised:
     """The customer's text from a conversation event."""
     event = req.header(EVENT)
     if event is None:
         raise InvalidInput(f"The {EVENT} header is missing.", code="invalid_payload")
+    refuse_duplicate_keys(req.body)
     convo = obj(payload, "The body")
-    event_id = hashlib.sha256(event.encode() + b"\n" + req.body).hexdigest()
-    out = Normalised(event_id=event_id, event=event)
-    if event not in ("convo.created", "convo.customer.reply.created"):
+    # From the signed body only: the same body under another event name is the same event.
+    out = Normalised(event_id=event_key(None, req.body), event=event)
+    if event not in STORED:
         out.ignored = f"{event} carries no new customer text"
         return out
     convo_id = text_id(convo.get("id"))
     if convo_id is None:
         raise InvalidInput("id is missing: not a Help Scout conversation.", code="invalid_payload")
     threads = _customer_threads(convo)
-    subject = convo.get("subject") if isinstance(convo.get("subject"), str) else None
-    meta = compact(
-        number=convo.get("number"),
-        mailbox=text_id(convo.get("mailboxId")),
-        status=convo.get("status"),
-        via=pick(convo, "source", "type"),
-        source_updated_at=iso(convo.get("userUpdatedAt") or convo.get("updatedAt")),
-    )
     if event == "convo.created":
-        first = threads[0] if threads else None
-        body = html_to_text(first.get("body")) if first else ""
-        body = body or html_to_text(convo.get("preview"))
-        if not body:
-            out.ignored = "the conversation has no customer text"
-            return out
-        out.items.append(
-            TicketCreate(
-                source="helpscout",
-                external_id=convo_id,
-                subject=subject,
-                body=body,
-                author=_author(convo, first),
-                created_at=parse_time(convo.get("createdAt")),
-                metadata=meta or None,
-            )
-        )
-        return out
-    if not threads:
+        thread = threads[0] if threads else None
+    elif threads:
+        thread = threads[-1]
+    else:
         out.ignored = "no customer thread in the conversation"
         return out
-    last = threads[-1]
-    body = html_to_text(last.get("body"))
-    if not body:
-        out.ignored = "the customer's reply has no text"
-        return out
-    out.items.append(
-        TicketCreate(
-            source="helpscout",
-            external_id=f"{convo_id}/threads/{text_id(last.get('id')) or event_id[:16]}",
-            subject=subject,
-            body=body,
-            author=_author(convo, last),
-            created_at=parse_time(last.get("createdAt")),
-            metadata={"thread": convo_id, "kind": "reply"},
-        )
-    )
+    first = thread is None or thread is threads[0]
+    ticket = _ticket(convo, convo_id, thread, first, out.event_id[:16])
+    if isinstance(ticket, str):
+        out.ignored = ticket
+    else:
+        out.items.append(ticket)
     return out
 
 

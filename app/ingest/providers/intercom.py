@@ -8,7 +8,6 @@ Admin, bot and other topics are acknowledged and ignored.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from app.core.errors import InvalidInput
@@ -17,12 +16,14 @@ from app.ingest.providers.base import (
     Provider,
     WebhookRequest,
     compact,
+    event_key,
     hmac_digest,
     html_to_text,
     iso,
     obj,
     parse_time,
     pick,
+    refuse_duplicate_keys,
     require_secret,
     same,
     text_id,
@@ -54,13 +55,14 @@ def _author(part: Any) -> tuple[str | None, str | None]:
 
 def normalise(payload: Any, req: WebhookRequest) -> Normalised:
     """The customer's text from a conversation notification."""
+    refuse_duplicate_keys(req.body)
     data = obj(payload, "The body")
     topic = data.get("topic")
     if not isinstance(topic, str):
         raise InvalidInput(
             "Not an Intercom notification: 'topic' is missing.", code="invalid_payload"
         )
-    event_id = text_id(data.get("id")) or hashlib.sha256(req.body).hexdigest()
+    event_id = event_key(text_id(data.get("id")), req.body)
     out = Normalised(event_id=event_id, event=topic)
     if topic not in ("conversation.user.created", "conversation.user.replied"):
         out.ignored = f"{topic} carries no new customer text"

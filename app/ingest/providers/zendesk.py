@@ -12,7 +12,6 @@ Trigger webhooks send the JSON body the trigger defines; the README gives the te
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from app.core.errors import InvalidInput
@@ -22,11 +21,13 @@ from app.ingest.providers.base import (
     WebhookRequest,
     check_fresh,
     compact,
+    event_key,
     hmac_digest,
     iso,
     obj,
     parse_time,
     pick,
+    refuse_duplicate_keys,
     require_secret,
     same,
     text_id,
@@ -112,10 +113,11 @@ def _customer_comment(
 
 def normalise(payload: Any, req: WebhookRequest) -> Normalised:
     """Tickets from an event webhook (`type` zen:event-type:ticket.*) or a trigger body."""
+    refuse_duplicate_keys(req.body)
     data = obj(payload, "The body")
     event_type = data.get("type")
     if isinstance(event_type, str) and event_type.startswith("zen:event-type:"):
-        event_id = text_id(data.get("id")) or hashlib.sha256(req.body).hexdigest()
+        event_id = event_key(text_id(data.get("id")), req.body)
         event = event_type.removeprefix("zen:event-type:")
         out = Normalised(event_id=event_id, event=event)
         if not event.startswith("ticket."):
@@ -133,7 +135,7 @@ def normalise(payload: Any, req: WebhookRequest) -> Normalised:
         return out
     if isinstance(data.get("ticket"), dict):
         # A trigger's body: the template in the README.
-        event_id = text_id(data.get("event_id")) or hashlib.sha256(req.body).hexdigest()
+        event_id = event_key(text_id(data.get("event_id")), req.body)
         out = Normalised(event_id=event_id, event=str(data.get("event") or "trigger"))
         ticket = _ticket(data["ticket"], where="ticket")
         if ticket is None:
