@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     generic_webhook_secret: str = ""
     # Signed timestamps (Zendesk, Front) older or newer than this are refused as replays.
     webhook_max_age_s: int = Field(default=300, ge=10)
+    # Freshdesk signs nothing: with both set, each delivery's ticket is read from Freshdesk's
+    # API (https://<domain>.freshdesk.com/api/v2, basic auth with the API key) and stored from
+    # what the API says, never from the posted body; empty: the body is trusted (shared secret).
+    # FRESHDESK_DOMAIN is the subdomain, <subdomain>.freshdesk.com, or a full http(s) base URL.
+    freshdesk_domain: str = Field(
+        default="", pattern=r"^\s*(|[A-Za-z0-9-]+(\.freshdesk\.com)?|https?://[^\s/]+/?)\s*$"
+    )
+    freshdesk_api_key: str = ""
+    freshdesk_api_timeout_s: float = Field(default=5.0, gt=0, le=60)
 
     # Outbound: every analysed ticket is POSTed here, signed with HMAC-SHA256 (empty: off).
     outbound_webhook_url: str = ""
@@ -154,6 +163,8 @@ class Settings(BaseSettings):
             raise ValueError("API_KEYS must be set when ENV=production")
         if self.outbound_webhook_url and not self.outbound_webhook_secret:
             raise ValueError("OUTBOUND_WEBHOOK_SECRET must be set with OUTBOUND_WEBHOOK_URL")
+        if bool(self.freshdesk_domain.strip()) != bool(self.freshdesk_api_key.strip()):
+            raise ValueError("FRESHDESK_DOMAIN and FRESHDESK_API_KEY must be set together")
         return self
 
     @property
