@@ -114,6 +114,23 @@ def test_helpscout_ticket_keys_come_from_the_body_not_the_event(
     }
 
 
+def test_helpscout_preview_stands_in_only_for_a_new_conversation(
+    hooks: TestClient, engine: Engine
+) -> None:
+    # A later body whose only customer thread is empty: its preview is the agent's answer.
+    convo = json.loads(HS_AGENT)
+    threads = convo["_embedded"]["threads"]
+    convo["_embedded"]["threads"] = [
+        t | {"body": ""} for t in threads if t["type"] == "customer" and t["id"] == 7210398841
+    ] + [t for t in threads if t["type"] == "message"]
+    convo["preview"] = "Hi Hiro, the replacement shipped this morning"
+    body = json.dumps(convo).encode()
+    r = post_helpscout(hooks, body, "convo.customer.reply.created")
+    assert r.status_code == 200 and r.json()["result"] == "ignored", r.text
+    assert r.json()["reason"] == "the conversation has no customer text"
+    assert count_rows(engine, "ticket") == 0
+
+
 # --- Every credential header exactly once ---------------------------------------------------
 
 # provider, fixture, the headers that must come once

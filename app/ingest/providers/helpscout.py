@@ -77,14 +77,22 @@ def _author(convo: dict[str, Any], thread: dict[str, Any] | None) -> str | None:
 
 
 def _ticket(
-    convo: dict[str, Any], convo_id: str, thread: dict[str, Any] | None, first: bool, fallback: str
+    convo: dict[str, Any],
+    convo_id: str,
+    thread: dict[str, Any] | None,
+    *,
+    first: bool,
+    created: bool,
+    fallback: str,
 ) -> TicketCreate | str:
     """The ticket for one customer thread (None: the conversation without embedded threads),
-    or why there is none. The key depends on the thread's place in the signed body only."""
+    or why there is none. The key depends on the thread's place in the signed body only; the
+    preview stands in for an empty opening thread only in a convo.created body (later, the
+    preview is the newest thread's, perhaps an agent's)."""
     subject = convo.get("subject") if isinstance(convo.get("subject"), str) else None
     if first:
         body = html_to_text(thread.get("body")) if thread else ""
-        body = body or html_to_text(convo.get("preview"))
+        body = body or (html_to_text(convo.get("preview")) if created else "")
         if not body:
             return "the conversation has no customer text"
         meta = compact(
@@ -142,7 +150,14 @@ def normalise(payload: Any, req: WebhookRequest) -> Normalised:
         out.ignored = "no customer thread in the conversation"
         return out
     first = thread is None or thread is threads[0]
-    ticket = _ticket(convo, convo_id, thread, first, out.event_id[:16])
+    ticket = _ticket(
+        convo,
+        convo_id,
+        thread,
+        first=first,
+        created=event == "convo.created",
+        fallback=out.event_id[:16],
+    )
     if isinstance(ticket, str):
         out.ignored = ticket
     else:
