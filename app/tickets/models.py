@@ -6,7 +6,16 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Column, ForeignKey, Index, Integer, LargeBinary, Text, UniqueConstraint
+from sqlalchemy import (
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 from app.core.db import JSONType, UTCDateTime, utcnow
@@ -35,6 +44,20 @@ class Ticket(SQLModel, table=True):
         UniqueConstraint("source", "external_id", name="uq_ticket_source_external_id"),
         Index("ix_ticket_status_id", "status", "id"),
         Index("ix_ticket_received_at", "received_at"),
+        # The worker's two lanes (app/enrich/queue.py, migration 0010): pending tickets with a
+        # short and a long body, so the oldest short one is found without reading long bodies.
+        Index(
+            "ix_ticket_pending_short",
+            "id",
+            postgresql_where=text("status = 'pending' AND length(body) <= 2000"),
+            sqlite_where=text("status = 'pending' AND length(body) <= 2000"),
+        ),
+        Index(
+            "ix_ticket_pending_long",
+            "id",
+            postgresql_where=text("status = 'pending' AND length(body) > 2000"),
+            sqlite_where=text("status = 'pending' AND length(body) > 2000"),
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
