@@ -19,6 +19,12 @@ from app.tickets.models import AnalysisStatus, Ticket, TicketAnalysis
 
 log = logging.getLogger("app.enrich")
 
+# Characters of text per analyser call. The analysers keep a call's token states (for sentiment
+# and the UX/CX evidence: about 1.9 KB per character of English text) until the call returns,
+# so this bounds the worker's peak memory whatever the batch. Measured on 2,048 support tweets
+# (CPU time per text): 64,000 the same as whole batches of 512, 32,000 4% more, 16,000 10% more.
+ANALYSE_SLICE_CHARS = 64_000
+
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
@@ -27,6 +33,7 @@ class Claimed:
     id: int
     revision: int
     text: str
+    attempts: int = 0  # failed analyses so far: such a ticket is analysed on its own
 
 
 @dataclass(slots=True)
@@ -44,27 +51,122 @@ def snapshot(tickets: Sequence[Ticket]) -> list[Claimed]:
     out = []
     for t in tickets:
         assert t.id is not None
-        out.append(Claimed(id=t.id, revision=t.revision, text=compose_text(t.subject, t.body)))
+        out.append(
+            Claimed(
+                id=t.id,
+                revision=t.revision,
+                text=compose_text(t.subject, t.body),
+                attempts=t.attempts,
+            )
+        )
     return out
 
 
-def analyse(analyzer: Analyzer, claimed: Sequence[Claimed]) -> list[Analysis | Exception]:
-    """Analyse a batch; if it fails, each text is tried alone so one bad text fails alone."""
-    texts = [c.text for c in claimed]
+def slices(claimed: Sequence[Claimed], *, max_chars: int) -> list[list[int]]:
+    """Positions of `claimed`, shortest text first, cut into slices of at most `max_chars`
+    characters (a longer text alone). A ticket that failed before is a slice of its own, so a
+    text that breaks an analyser never fails a slice of good ones twice."""
+    order = sorted(range(len(claimed)), key=lambda k: len(claimed[k].text))
+    out: list[list[int]] = [[k] for k in order if claimed[k].attempts > 0]
+    current: list[int] = []
+    used = 0
+    for k in order:
+        if claimed[k].attempts > 0:
+            continue
+        size = len(claimed[k].text)
+        if current and used + size > max_chars:
+            out.append(current)
+            current, used = [], 0
+        current.append(k)
+        used += size
+    if current:
+        out.append(current)
+    return out
+
+
+def analyse(
+    analyzer: Analyzer, claimed: Sequence[Claimed], *, slice_chars: int = ANALYSE_SLICE_CHARS
+) -> list[Analysis | Exception]:
+    """Analyse a batch in slices of similar length (`slices`); a text that raises gets its
+    exception as its result, and only its slice is analysed again, halved until the text that
+    fails is alone: the other slices are never re-run, and neither is most of its own."""
+    results: list[Analysis | Exception | None] = [None] * len(claimed)
+    for positions in slices(claimed, max_chars=slice_chars):
+        _analyse_isolating(analyzer, claimed, positions, results)
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def _analyse_isolating(
+    analyzer: Analyzer,
+    claimed: Sequence[Claimed],
+    positions: list[int],
+    results: list[Analysis | Exception | None],
+) -> None:
+    """Fill `results` at `positions`, splitting the slice in halves while it raises."""
     try:
-        return list(analyzer.analyze(texts))
-    except Exception as batch_exc:  # noqa: BLE001 - isolate the failing ticket below
+        analyses = analyzer.analyze([claimed[k].text for k in positions])
+    except Exception as exc:  # noqa: BLE001 - isolated below, recorded on the ticket
+        if len(positions) == 1:
+            results[positions[0]] = exc
+            return
         log.warning(
-            "batch analysis failed, retrying one by one",
-            extra={"stage": "enrich", "error": repr(batch_exc), "size": len(texts)},
+            "slice analysis failed, halving it to find the ticket",
+            extra={"stage": "enrich", "error": repr(exc), "size": len(positions)},
         )
-    results: list[Analysis | Exception] = []
-    for text in texts:
+        half = len(positions) // 2
+        _analyse_isolating(analyzer, claimed, positions[:half], results)
+        _analyse_isolating(analyzer, claimed, positions[half:], results)
+        return
+    for k, analysis in zip(positions, analyses, strict=True):
+        results[k] = analysis
+
+
+def store(
+    session: Session,
+    *,
+    claimed: Sequence[Claimed],
+    results: Sequence[Analysis | Exception],
+    routing: RoutingTable,
+    versions: dict[str, str],
+    max_attempts: int,
+    assign_min_cosine: float | None = None,
+    outbound: bool = False,
+) -> BatchOutcome:
+    """`write_results` for the whole batch in a savepoint; when that raises, each ticket in a
+    savepoint of its own, and a ticket whose write raises is recorded as a failed attempt with
+    that error, so one unwritable result never fails or re-analyses the rest of the batch."""
+    options: dict[str, Any] = {
+        "routing": routing,
+        "versions": versions,
+        "max_attempts": max_attempts,
+        "assign_min_cosine": assign_min_cosine,
+        "outbound": outbound,
+    }
+    try:
+        with session.begin_nested():
+            return write_results(session, claimed=claimed, results=results, **options)
+    except Exception as exc:  # noqa: BLE001 - isolated below, recorded on the ticket
+        log.warning(
+            "batch write failed, writing one ticket at a time",
+            extra={"stage": "enrich", "error": repr(exc), "size": len(claimed)},
+        )
+    outcome = BatchOutcome(claimed=len(claimed))
+    for item, result in zip(claimed, results, strict=True):
         try:
-            results.append(analyzer.analyze([text])[0])
+            with session.begin_nested():
+                one = write_results(session, claimed=[item], results=[result], **options)
         except Exception as exc:  # noqa: BLE001 - recorded on the ticket
-            results.append(exc)
-    return results
+            log.warning(
+                "ticket write failed",
+                extra={"stage": "enrich", "ticket_id": item.id, "error": repr(exc)},
+            )
+            with session.begin_nested():
+                one = write_results(session, claimed=[item], results=[exc], **options)
+        outcome.done += one.done
+        outcome.failed += one.failed
+        outcome.skipped += one.skipped
+    return outcome
 
 
 def write_results(
