@@ -39,11 +39,28 @@ def lower_priority(priority: str) -> None:
             log.info("could not lower the autogroup's share", extra={"stage": "enrich"})
 
 
+def positive_int(value: str) -> int:
+    """An argparse type: a whole number of at least 1, or a message saying so."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return number
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and run the worker loop (or drain once with --once)."""
     parser = argparse.ArgumentParser(prog="python -m app.worker", description=__doc__)
     parser.add_argument("--once", action="store_true", help="process what is pending, then exit")
-    parser.add_argument("--batch-size", type=int, default=None, help="tickets per batch")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="tickets per batch")
+    parser.add_argument(
+        "--batch-chars",
+        type=positive_int,
+        default=None,
+        help="characters of text per batch (default WORKER_BATCH_CHARS)",
+    )
     args = parser.parse_args(argv)
 
     settings = get_settings()
@@ -63,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         analyzer=load_analyzer(settings),
         routing=RoutingTable.load(settings.routing_table),
         batch_size=args.batch_size or settings.worker_batch_size,
+        batch_chars=args.batch_chars or settings.worker_batch_chars,
         poll_interval_s=settings.worker_poll_interval_s,
         max_attempts=settings.worker_max_attempts,
         assign_min_cosine=settings.cluster_assign_min_cosine,

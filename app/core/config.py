@@ -142,6 +142,10 @@ class Settings(BaseSettings):
     # 511 with 512, 532 with 1,024; 512 keeps a batch's token states (for the UX/CX
     # evidence) under about 1 GB even when every text is 256 tokens long.
     worker_batch_size: int = Field(default=512, ge=1, le=2_000)
+    # Characters of subject and body per batch (always at least one ticket): what a batch holds
+    # in memory and how long it takes grow with its text, not its count. 512 tweets are about
+    # 48,000; 64,000 is 3 tickets of 20,000, so a short ticket behind them waits about 2 s.
+    worker_batch_chars: int = Field(default=64_000, ge=1_000, le=10_000_000)
     worker_poll_interval_s: float = Field(default=1.0, gt=0)
     worker_max_attempts: int = Field(default=3, ge=1)
     # CPU priority of a standalone worker process (`python -m app.worker`) next to the API

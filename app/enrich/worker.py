@@ -1,4 +1,12 @@
-"""The worker: claims pending tickets, analyses them in batches, and never loses one."""
+"""The worker: claims pending tickets, analyses them in batches, and never loses one.
+
+Each batch is bounded by count and by characters (`queue.claim`) and comes from one of two
+lanes, short and long tickets; when both have work the worker serves them in turn, so neither
+waits behind a flood of the other. After a batch of long tickets the memory its analysis used
+is handed back to the system (`runtime.release_memory`). A ticket whose analysis or write raises
+is recorded as a failed attempt on its own (`enrich_service.analyse`, `enrich_service.store`);
+an error outside any ticket (the database gone) waits `core.retry.backoff` before the next try.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +20,21 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from app.core.db import begin_write, utcnow
+from app.core.retry import backoff
 from app.enrich import queue
 from app.enrich import service as enrich_service
-from app.enrich.queue import WorkSignal
+from app.enrich.queue import Lane, WorkSignal
 from app.nlp.analyzer import Analyzer
+from app.nlp.runtime import release_memory
 from app.routing.table import RoutingTable
 
 if TYPE_CHECKING:
     from app.core.config import Settings
 
 log = logging.getLogger("app.worker")
+
+# The longest wait between tries while batches keep failing for a reason outside any ticket.
+ERROR_BACKOFF_CAP_S = 60.0
 
 
 class Worker:
@@ -34,6 +47,7 @@ class Worker:
         analyzer: Analyzer,
         routing: RoutingTable,
         batch_size: int = 64,
+        batch_chars: int = 64_000,
         poll_interval_s: float = 1.0,
         max_attempts: int = 3,
         signal: WorkSignal | None = None,
@@ -46,6 +60,7 @@ class Worker:
         self.analyzer = analyzer
         self.routing = routing
         self.batch_size = batch_size
+        self.batch_chars = batch_chars
         self.poll_interval_s = poll_interval_s
         self.max_attempts = max_attempts
         self.signal = signal or WorkSignal()
@@ -55,7 +70,11 @@ class Worker:
         self.digest_settings = digest_settings
         self._digest_checked_at: float | None = None
         self._nlp: Any = None
+        self._lane: Lane | None = None  # the lane of the batch in progress
         self._stop = threading.Event()
+        # The lane tried first by the next claim: the other one after each batch.
+        self._lanes: tuple[Lane, Lane] = (Lane.short, Lane.long)
+        self.error_streak = 0  # batches failed in a row outside any ticket
 
     def run_cluster_runs(self) -> int:
         """Carry out every queued clustering run, oldest first; returns how many ran."""
@@ -96,22 +115,35 @@ class Worker:
             return self._run_locked()
         return self._run_optimistic()
 
+    def _claim(self, session: Session, *, lock: bool) -> list[enrich_service.Claimed]:
+        lane, tickets = queue.claim(
+            session,
+            lanes=self._lanes,
+            max_tickets=self.batch_size,
+            max_chars=self.batch_chars,
+            lock=lock,
+        )
+        if lane is not None:
+            other = Lane.long if lane is Lane.short else Lane.short
+            self._lanes = (other, lane)
+        self._lane = lane
+        return enrich_service.snapshot(tickets)
+
     def _run_locked(self) -> enrich_service.BatchOutcome:
         # One transaction from claim to write: a crash rolls everything back and the row
         # locks vanish with the connection, so the tickets are simply still pending.
         with Session(self.engine, expire_on_commit=False) as session:
-            tickets = queue.claim_locked(session, limit=self.batch_size)
-            if not tickets:
+            claimed = self._claim(session, lock=True)
+            if not claimed:
                 session.rollback()
                 return enrich_service.BatchOutcome()
-            claimed = enrich_service.snapshot(tickets)
             outcome = self._analyse_and_write(session, claimed)
             session.commit()
         return outcome
 
     def _run_optimistic(self) -> enrich_service.BatchOutcome:
         with Session(self.engine, expire_on_commit=False) as session:
-            claimed = enrich_service.snapshot(queue.peek_pending(session, limit=self.batch_size))
+            claimed = self._claim(session, lock=False)
             session.rollback()  # release the read snapshot before the slow part
         if not claimed:
             return enrich_service.BatchOutcome()
@@ -127,15 +159,22 @@ class Worker:
         before_write: Callable[[Session], None] | None = None,
     ) -> enrich_service.BatchOutcome:
         start = time.perf_counter()
+        chars = sum(len(c.text) for c in claimed)
         log.info(
             "batch claimed",
-            extra={"stage": "enrich", "size": len(claimed), "first_id": claimed[0].id},
+            extra={
+                "stage": "enrich",
+                "size": len(claimed),
+                "first_id": claimed[0].id,
+                "lane": str(self._lane),
+                "chars": chars,
+            },
         )
         results = enrich_service.analyse(self.analyzer, claimed)
         analysed = time.perf_counter()
         if before_write is not None:
             before_write(session)
-        outcome = enrich_service.write_results(
+        outcome = enrich_service.store(
             session,
             claimed=claimed,
             results=results,
@@ -145,11 +184,17 @@ class Worker:
             assign_min_cosine=self.assign_min_cosine,
             outbound=self.outbound,
         )
+        del results  # the analyses (embeddings, evidence) are stored: free them before trimming
+        if self._lane is Lane.long:
+            # Long texts' token states came and went in large arrays that glibc keeps on its
+            # free lists (in the encoder threads' heaps above all); a few ms to give them back.
+            release_memory()
         took = time.perf_counter() - start
         log.info(
             "batch done",
             extra={
                 "stage": "enrich",
+                "lane": str(self._lane),
                 "size": len(claimed),
                 "done": outcome.done,
                 "failed": outcome.failed,
@@ -175,17 +220,31 @@ class Worker:
 
     def run(self) -> None:
         """Loop until `stop()`: work while there is work, otherwise wait for a signal or poll."""
-        log.info("worker started", extra={"stage": "enrich", "batch_size": self.batch_size})
+        log.info(
+            "worker started",
+            extra={
+                "stage": "enrich",
+                "batch_size": self.batch_size,
+                "batch_chars": self.batch_chars,
+            },
+        )
         while not self._stop.is_set():
             try:
                 outcome = self.run_once()
             except Exception:  # noqa: BLE001 - a database hiccup must not kill the worker
+                self.error_streak += 1
+                delay = backoff(self.error_streak, self.poll_interval_s, ERROR_BACKOFF_CAP_S)
                 log.exception(
-                    "worker batch error; retrying after the poll interval",
-                    extra={"stage": "enrich"},
+                    "worker batch error; retrying after a backoff",
+                    extra={
+                        "stage": "enrich",
+                        "failures": self.error_streak,
+                        "wait_s": round(delay, 2),
+                    },
                 )
-                self._stop.wait(self.poll_interval_s)
+                self._stop.wait(delay)
                 continue
+            self.error_streak = 0
             if outcome.claimed == 0:
                 try:
                     if self.run_cluster_runs():
