@@ -1,4 +1,8 @@
-"""ISO weeks: parsing "2026-W47", their UTC bounds, and the last complete week."""
+"""ISO weeks: parsing "2026-W47", their UTC bounds, and the last complete week.
+
+Only the weeks of app.core.clock's years (FIRST_WEEK to LAST_WEEK) are accepted: every week a
+digest reaches from one of them (its 8-week trend, the week before) stays far from datetime's
+limits, where the arithmetic would overflow."""
 
 from __future__ import annotations
 
@@ -6,9 +10,12 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
+from app.core import clock
 from app.core.errors import InvalidInput
 
-_WEEK = re.compile(r"^(\d{4})-?W(\d{2})$")
+_WEEK = re.compile(r"^(\d{4})-?W(\d{2})$", re.ASCII)
+FIRST_WEEK = f"{clock.EARLIEST_YEAR}-W01"
+LAST_WEEK = f"{clock.LATEST_YEAR}-W{date(clock.LATEST_YEAR, 12, 28).isocalendar().week:02d}"
 
 
 @dataclass(frozen=True, order=True, slots=True)
@@ -27,6 +34,12 @@ class IsoWeek:
                 f"week {text!r} is not an ISO week like 2026-W47.", code="invalid_week"
             )
         year, week = int(match.group(1)), int(match.group(2))
+        if not clock.EARLIEST_YEAR <= year <= clock.LATEST_YEAR:
+            raise InvalidInput(
+                f"week {text.strip()!r} is out of range: weeks from {FIRST_WEEK} to {LAST_WEEK} "
+                "only.",
+                code="invalid_week",
+            )
         try:
             date.fromisocalendar(year, week, 1)
         except ValueError:

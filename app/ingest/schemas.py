@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator
 
+from app.core import clock
 from app.tickets.models import Channel
 
 
@@ -22,7 +23,7 @@ def _email_or_twitter_time(value: Any) -> Any:
         pass
     try:
         return parsedate_to_datetime(value)  # "Tue, 31 Oct 2017 22:11:45 +0000"
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # a year of 20 digits overflows
         return value
 
 
@@ -43,7 +44,10 @@ class TicketCreate(BaseModel):
     )
     created_at: datetime | None = Field(
         default=None,
-        description="when it was written (ISO 8601, RFC 2822 or Twitter's format); default now",
+        description=(
+            "when it was written (ISO 8601, RFC 2822 or Twitter's format; "
+            f"{clock.RANGE_TEXT}); default now"
+        ),
     )
     metadata: dict[str, Any] | None = None
 
@@ -68,10 +72,9 @@ class TicketCreate(BaseModel):
     @field_validator("created_at")
     @classmethod
     def _as_utc(cls, v: datetime | None) -> datetime | None:
-        # A time without a zone is taken as UTC, so a repeat compares equal to what was stored.
-        if v is None:
-            return None
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        # A time without a zone is taken as UTC, so a repeat compares equal to what was stored;
+        # one outside the accepted years is a 422 naming them (never an overflow, a 500).
+        return None if v is None else clock.validate_utc(v)
 
 
 TicketBatchAdapter: TypeAdapter[TicketCreate | list[TicketCreate]] = TypeAdapter(
@@ -119,7 +122,10 @@ class PostCreate(BaseModel):
         default=None, ge=0, le=5, description="stars, where the platform has them (0-5)"
     )
     created_at: datetime | None = Field(
-        default=None, description="when it was posted (ISO 8601, RFC 2822 or Twitter's format)"
+        default=None,
+        description=(
+            f"when it was posted (ISO 8601, RFC 2822 or Twitter's format; {clock.RANGE_TEXT})"
+        ),
     )
     metadata: dict[str, Any] | None = None
 
@@ -139,6 +145,11 @@ class PostCreate(BaseModel):
     @classmethod
     def _other_formats(cls, v: Any) -> Any:
         return _email_or_twitter_time(v)
+
+    @field_validator("created_at")
+    @classmethod
+    def _as_utc(cls, v: datetime | None) -> datetime | None:
+        return None if v is None else clock.validate_utc(v)
 
     def to_ticket(self) -> TicketCreate:
         """The post as a ticket of the social channel; url and rating go into its metadata."""

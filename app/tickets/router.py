@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
 
+from app.core.clock import RANGE_TEXT, UtcTime
 from app.core.deps import RoutingDep, SessionDep
 from app.core.limits import MAX_ID, NO_NUL, NOT_FOUND
 from app.nlp.base import UxCxLabel
@@ -39,8 +39,12 @@ def list_tickets(
         bool | None,
         Query(description="true: part of a current cluster; false: unclustered (outliers)"),
     ] = None,
-    received_from: Annotated[datetime | None, Query(description="inclusive, ISO 8601")] = None,
-    received_to: Annotated[datetime | None, Query(description="exclusive, ISO 8601")] = None,
+    received_from: Annotated[
+        UtcTime | None, Query(description=f"inclusive, ISO 8601 ({RANGE_TEXT})")
+    ] = None,
+    received_to: Annotated[
+        UtcTime | None, Query(description=f"exclusive, ISO 8601 ({RANGE_TEXT})")
+    ] = None,
     page: Annotated[int, Query(ge=1, le=100_000)] = 1,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> TicketsPublic:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from app.core.errors import InvalidInput
-from app.digests.weeks import IsoWeek
+from app.digests.weeks import FIRST_WEEK, LAST_WEEK, IsoWeek
 
 
 def test_parse_and_bounds() -> None:
@@ -42,3 +42,24 @@ def test_last_complete_week() -> None:
     assert str(IsoWeek.last_complete(sunday_night)) == "2026-W46"
     new_year = datetime(2027, 1, 4, 9, tzinfo=UTC)  # Monday of 2027-W01
     assert str(IsoWeek.last_complete(new_year)) == "2026-W53"
+
+
+@pytest.mark.parametrize("text", ["0001-W01", "1969-W52", "3000-W01", "9999-W52", "0000-W01"])
+def test_weeks_outside_the_years_are_refused_naming_the_range(text: str) -> None:
+    with pytest.raises(InvalidInput) as err:
+        IsoWeek.parse(text)
+    assert err.value.code == "invalid_week"
+    assert f"'{text}' is out of range: weeks from 1970-W01 to 2999-W52" in err.value.message
+    assert (FIRST_WEEK, LAST_WEEK) == ("1970-W01", "2999-W52")
+
+
+def test_the_first_and_last_weeks_reach_their_trend_without_overflow() -> None:
+    first, last = IsoWeek.parse(FIRST_WEEK), IsoWeek.parse(LAST_WEEK)
+    assert first.start == datetime(1969, 12, 29, tzinfo=UTC)
+    assert [str(w) for w in first.span(3)] == ["1969-W51", "1969-W52", "1970-W01"]
+    assert last.end == datetime(2999, 12, 30, tzinfo=UTC) and str(last.shift(1)) == "3000-W01"
+
+
+def test_digits_other_than_ascii_are_not_a_week() -> None:
+    with pytest.raises(InvalidInput):
+        IsoWeek.parse("２０２６-W47")  # full-width digits: int() reads them, a week is ASCII

@@ -10,12 +10,13 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from lxml import etree
 from lxml import html as lxml_html
 
+from app.core import clock
 from app.core.errors import InvalidInput, Unauthorized
 from app.ingest.schemas import TicketCreate
 
@@ -129,19 +130,22 @@ def check_fresh(req: WebhookRequest, when: datetime, header: str) -> None:
 
 
 def parse_time(value: Any) -> datetime | None:
-    """An ISO 8601 string or a Unix time (seconds or milliseconds) as an aware UTC datetime."""
+    """An ISO 8601 string or a Unix time (seconds or milliseconds) as an aware UTC datetime;
+    None when absent, unreadable or outside app.core.clock's range, so that the ticket falls
+    back to the time it was received rather than the signed delivery being refused."""
     if value is None or value == "" or isinstance(value, bool):
         return None
     try:
         if isinstance(value, int | float):
-            seconds = value / 1000 if value > 1e11 else value
-            return datetime.fromtimestamp(seconds, UTC)
+            # float() of a 400-digit integer overflows; NaN and infinities are not finite.
+            seconds = float(value)
+            return clock.from_unix(seconds / 1000 if seconds > 1e11 else seconds)
         if isinstance(value, str):
             text = value.strip()
-            if text.isdigit():
+            if text.isascii() and text.isdigit():
                 return parse_time(int(text))
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-            return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+            return clock.to_utc_or_none(parsed)
     except (ValueError, OverflowError, OSError):
         return None
     return None
