@@ -154,6 +154,7 @@ def _claim(engine: Engine, *, config: OutboundConfig, limit: int) -> list[Claim]
     now = utcnow()
     lease_until = now + timedelta(seconds=lease_s(config, limit))
     claims: list[Claim] = []
+    given_up: list[OutboundDelivery] = []
     with Session(engine, expire_on_commit=False) as session:
         # A writer from the start: two SQLite senders never read the same due rows.
         begin_write(session)
@@ -170,14 +171,14 @@ def _claim(engine: Engine, *, config: OutboundConfig, limit: int) -> list[Claim]
             assert row.id is not None
             row.claims += 1
             if row.attempts >= config.max_attempts:
-                # Every try was started but none recorded (the sender died, or could not
-                # write): stop here rather than send the same thing forever.
+                # The last try was started but its outcome never recorded (the sender died, or
+                # could not write): stop here rather than send the same thing forever.
                 row.status = OutboundStatus.failed.value
                 row.last_error = (
                     f"gave up after {row.attempts} attempts; the last outcome was never "
                     f"recorded ({row.last_error or 'no error recorded'})"
                 )[:MAX_ERROR_CHARS]
-                _log_failed(row.id, row.ticket_id, row.attempts, row.last_error)
+                given_up.append(row)
             else:
                 row.attempts += 1
                 row.next_attempt_at = lease_until
@@ -194,6 +195,8 @@ def _claim(engine: Engine, *, config: OutboundConfig, limit: int) -> list[Claim]
                 )
             session.add(row)
         session.commit()
+    for row in given_up:
+        _log_failed(row.id or 0, row.ticket_id, row.attempts, row.last_error or "")
     return claims
 
 

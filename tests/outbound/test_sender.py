@@ -338,9 +338,9 @@ def test_a_batch_that_runs_past_its_lease_hands_the_rest_back(
     engine: Engine, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     first, second = _tickets(engine, [{}, {}])
-    config = _config(receiver.url, timeout_s=1.0)  # 3 s for one send
-    monkeypatch.setattr(outbound_service, "lease_s", lambda config, limit: 3.5)
-    receiver.delay_s = 0.7  # after the first send, 2.8 s are left: too few for a second
+    config = _config(receiver.url, timeout_s=2.0)  # 6 s for one send
+    monkeypatch.setattr(outbound_service, "lease_s", lambda config, limit: 7.0)
+    receiver.delay_s = 1.5  # after the first send, 5.5 s are left: too few for a second
     assert _send(engine, config) == 2
     assert receiver.delivery_ids() == [first]
     rows = _rows(engine)
