@@ -14,6 +14,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.clusters.router import router as clusters_router
 from app.clusters.service import ClusterIndexCache
@@ -42,6 +44,43 @@ from app.triage.router import router as triage_router
 from app.web.router import router as web_router
 
 log = logging.getLogger("app.main")
+
+# What every answer may load or run: nothing but its own inline styles and data: images. The
+# pages and digests run no scripts and load nothing, so a title or a quote that slips past
+# escaping still cannot run or fetch anything.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware: `X-Content-Type-Options: nosniff` on every response, and the strict
+    Content-Security-Policy on every response that sets none of its own, except the paths in
+    `open_paths` (the interactive docs, which load Swagger UI's scripts).
+
+    Pure ASGI rather than BaseHTTPMiddleware, which runs each request in an extra task and
+    costs latency on every call."""
+
+    def __init__(self, app: ASGIApp, *, open_paths: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        strict = scope["path"] not in self.open_paths
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("X-Content-Type-Options", "nosniff")
+                if strict:
+                    headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def build_services(settings: Settings, analyzer: Analyzer | None = None) -> Services:
@@ -134,6 +173,8 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    docs = (app.docs_url, app.redoc_url, app.swagger_ui_oauth2_redirect_url)
+    app.add_middleware(SecurityHeaders, open_paths=frozenset(p for p in docs if p))
     keyed: dict[str, Any] = {
         "dependencies": [ApiKeyDep],
         "responses": {401: {"description": "No API key, or not a valid one."}},

@@ -3,6 +3,9 @@ text (the e-mail's text part)."""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from html import escape
 
 from app.digests.schemas import Digest, DigestCluster, DigestWeek
@@ -33,33 +36,63 @@ def _spark_text(values: list[int]) -> str:
 
 # ---- Markdown -----------------------------------------------------------------------------
 
+# Every ASCII punctuation character may be backslash-escaped in CommonMark; these are the ones
+# that start emphasis, code, links, images, headings, lists, tables, strikethrough, mentions,
+# math or a URL scheme ("javascript:"). <, > and & become entities instead, because renderers
+# older than CommonMark (Markdown.pl) pass "\<script>" through as a tag.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:@^$=])")
 
-def _md_cluster(c: DigestCluster) -> list[str]:
+
+def md_text(value: str) -> str:
+    """Text from customers or people (titles, quotes, labels, teams) as Markdown that any
+    renderer shows as exactly that text: one line, no tags, no links, no emphasis."""
+    line = " ".join(value.split())
+    return _MD_SPECIAL.sub(r"\\\1", escape(line, quote=False))
+
+
+def _one_line(value: str) -> str:
+    return " ".join(value.split())
+
+
+@dataclass(frozen=True, slots=True)
+class _Style:
+    """How the digest's text is written: Markdown, or the plain text of the e-mail."""
+
+    text: Callable[[str], str]  # applied to every string that did not come from this module
+    strong: str
+    code: str
+
+
+_MARKDOWN = _Style(text=md_text, strong="**", code="`")
+_PLAIN = _Style(text=_one_line, strong="", code="")
+
+
+def _md_cluster(c: DigestCluster, st: _Style) -> list[str]:
+    b, t = st.strong, st.text
     lines = [
-        f"**{c.title or 'untitled'}** (#{c.id}) · {c.label} · {c.team} · "
-        f"{c.count} this week · {growth_text(c)} · trend `{_spark_text(c.trend)}` · "
-        f"negative {pct(c.negative_share)}",
+        f"{b}{t(c.title or 'untitled')}{b} (#{c.id}) · {t(c.label)} · {t(c.team)} · "
+        f"{c.count} this week · {growth_text(c)} · trend {st.code}{_spark_text(c.trend)}"
+        f"{st.code} · negative {pct(c.negative_share)}",
     ]
     if c.key_phrases:
-        lines.append(f"  key phrases: {', '.join(c.key_phrases)}")
+        lines.append(f"  key phrases: {', '.join(t(p) for p in c.key_phrases)}")
     for q in c.quotes:
-        lines.append(f"  > {q.text} ({q.source}, {q.created_at:%a %d %b})")
+        lines.append(f"  > {t(q.text)} ({t(q.source)}, {q.created_at:%a %d %b})")
     return lines
 
 
-def render_markdown(d: Digest) -> str:
-    """The digest for a chat, a wiki or a repository."""
-    h = d.headline
-    scope = f" · team {d.team}" if d.team else ""
+def _render_lines(d: Digest, st: _Style) -> str:
+    h, b, t = d.headline, st.strong, st.text
+    scope = f" · team {t(d.team)}" if d.team else ""
     out = [
         f"# Weekly issues digest: {d.week}{scope}",
         "",
         f"{d.start:%d %b %Y} to {d.end:%d %b %Y} (UTC). "
         f"Generated {d.generated_at:%Y-%m-%d %H:%M} UTC.",
         "",
-        f"- **{h.messages}** messages ({pct(h.change, signed=True)} vs {h.previous_messages} "
-        "the week before)",
-        f"- **{pct(h.negative_share)}** negative",
+        f"- {b}{h.messages}{b} messages ({pct(h.change, signed=True)} vs "
+        f"{h.previous_messages} the week before)",
+        f"- {b}{pct(h.negative_share)}{b} negative",
         f"- UX {pct(h.ux_share)} · CX {pct(h.cx_share)} · no problem {pct(h.none_share)}",
         "",
         "| week | messages | UX | CX | none | negative |",
@@ -80,23 +113,30 @@ def render_markdown(d: Digest) -> str:
         if not items:
             out.append(f"_{empty}_")
         for c in items:
-            out += [f"- {line}" if i == 0 else line for i, line in enumerate(_md_cluster(c))]
+            out += [f"- {line}" if i == 0 else line for i, line in enumerate(_md_cluster(c, st))]
     by_id = {c.id: c for c in [*d.top, *d.rising, *d.new]}
     if d.teams:
         out += ["", "## By team", ""]
-        for t in d.teams:
+        for team in d.teams:
             names = ", ".join(
-                f"{by_id[i].title} ({by_id[i].count})" for i in t.clusters[:8] if i in by_id
+                f"{t(by_id[i].title)} ({by_id[i].count})" for i in team.clusters[:8] if i in by_id
             )
             out.append(
-                f"- **{t.team}**: {t.messages} messages in {len(t.clusters)} clusters. {names}"
+                f"- {b}{t(team.team)}{b}: {team.messages} messages in {len(team.clusters)} "
+                f"clusters. {names}"
             )
     return "\n".join(out) + "\n"
 
 
+def render_markdown(d: Digest) -> str:
+    """The digest for a chat, a wiki or a repository; text from customers and people is
+    escaped, so no renderer turns it into HTML, links or formatting."""
+    return _render_lines(d, _MARKDOWN)
+
+
 def render_text(d: Digest) -> str:
-    """Plain text: the e-mail's text part."""
-    return render_markdown(d).replace("**", "").replace("`", "")
+    """Plain text: the e-mail's text part (nothing there is rendered, so nothing is escaped)."""
+    return _render_lines(d, _PLAIN)
 
 
 # ---- HTML with inline SVG -----------------------------------------------------------------

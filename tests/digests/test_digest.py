@@ -3,20 +3,26 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
+from html import escape
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
+from markdown_it import MarkdownIt
 from sqlalchemy import Engine
-from sqlmodel import Session
+from sqlmodel import Session, col, select
 
 from app.clusters.models import Cluster, ClusterLabel, ClusterMember
 from app.core.config import Settings
 from app.digests import service as digest_service
-from app.digests.render import render_html, render_markdown, render_text
+from app.digests.render import md_text, render_html, render_markdown, render_text
 from app.digests.weeks import IsoWeek
+from app.main import CONTENT_SECURITY_POLICY
 from app.routing.table import RoutingTable
 from app.tickets.models import Ticket, TicketAnalysis
+from tests.helpers import API_KEY
 
 WEEK = IsoWeek.parse("2026-W47")
 WEEKS = WEEK.span(8)
@@ -213,3 +219,151 @@ def test_api_refuses_bad_weeks_and_teams(client: TestClient) -> None:
     assert client.get("/v1/digests/999").status_code == 404
     default = client.get("/v1/digests/weekly").json()  # the last complete week
     assert default["week"] and default["headline"]["messages"] == 0
+
+
+# ---- weeks at the calendar's edges ----------------------------------------------------------
+
+
+def test_weeks_at_the_calendars_edges(client: TestClient) -> None:
+    # Both answered 500: the 8-week trend of 0001-W01 and the end of 9999-W52 overflow.
+    for week in ("0001-W01", "9999-W52", "1969-W52", "3000-W01"):
+        for r in (
+            client.get("/v1/digests/weekly", params={"week": week}),
+            client.get("/v1/digests/weekly", params={"week": week, "format": "html"}),
+            client.post("/v1/digests", json={"week": week}),
+            client.get("/v1/digests", params={"week": week}),
+        ):
+            assert r.status_code == 422, (week, r.text)
+            assert r.json()["code"] == "invalid_week"
+            assert "weeks from 1970-W01 to 2999-W52" in r.json()["message"]
+    assert client.get("/v1/digests").json()["count"] == 0  # nothing was kept
+    for week, start in (("1970-W01", "1969-12-29T00:00:00Z"), ("2999-W52", "2999-12-23T00:00:00Z")):
+        d = client.get("/v1/digests/weekly", params={"week": week}).json()
+        assert d["week"] == week and d["start"] == start and len(d["weekly"]) == 8
+        assert client.post("/v1/digests", json={"week": week}).status_code == 201
+
+
+def _sign_in(client: TestClient) -> None:
+    """Sign in through the web form as a browser does (with its form token, when it has one)."""
+    form = client.get("/login").text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form)
+    data = {"key": API_KEY} | ({"csrf_token": token.group(1)} if token else {})
+    assert client.post("/login", data=data, follow_redirects=False).status_code == 303
+
+
+def test_the_web_digest_page_refuses_weeks_out_of_range(client: TestClient) -> None:
+    _sign_in(client)
+    for week in ("0001-W01", "9999-W52"):
+        page = client.get("/", params={"week": week})
+        assert page.status_code == 422 and page.headers["content-type"].startswith("text/html")
+        assert "weeks from 1970-W01 to 2999-W52" in page.text
+    edge = client.get("/", params={"week": "2999-W52"})
+    assert edge.status_code == 200 and "Weekly issues digest: 2999-W52" in edge.text
+
+
+# ---- text from customers in the Markdown -----------------------------------------------------
+
+HOSTILE = "<script>alert(1)</script> [x](javascript:alert(1)) ![i](data:text/html,hi) **bold**"
+
+
+def _hostile_digest(engine: Engine, settings: Settings) -> Any:
+    ids = _plant(engine)
+    with Session(engine) as s:
+        cluster = s.get(Cluster, ids["parcel never arrived"])
+        assert cluster is not None
+        cluster.title = HOSTILE
+        cluster.key_phrases = ["<img src=x onerror=alert(1)>", "vbscript:msgbox(1)"]
+        s.add(cluster)
+        member = s.exec(
+            select(Ticket)
+            .join(ClusterMember, col(ClusterMember.ticket_id) == col(Ticket.id))
+            .where(col(ClusterMember.cluster_id) == cluster.id)
+        ).all()
+        for t in member:
+            t.body = "# Heading\n\n<a href='javascript:alert(2)'>click</a> & [y](vbscript:z)"
+            s.add(t)
+        s.commit()
+    return _build(engine, settings)
+
+
+def _rendered(markdown: str) -> str:
+    """The Markdown as CommonMark renders it, raw HTML allowed (the most permissive reading)."""
+    return MarkdownIt("commonmark", {"html": True}).enable("table").render(markdown)
+
+
+def test_markdown_shows_customer_text_as_text(engine: Engine, settings: Settings) -> None:
+    d = _hostile_digest(engine, settings)
+    assert d.rising[0].title == HOSTILE and d.rising[0].quotes
+    md = render_markdown(d)
+    # The source itself: no tag, no link or image syntax, no scheme a linkifier would take.
+    for raw in ("<script", "<img", "<a ", "](", "javascript:", "vbscript:", "data:", "**bold"):
+        assert raw not in md, raw
+    assert "&lt;script&gt;alert\\(1\\)&lt;/script&gt; \\[x\\]\\(javascript\\:alert" in md
+    html = _rendered(md)
+    for tag in ("<script", "<img", "<a ", 'href="', 'src="'):  # markdown-it's attributes
+        assert tag not in html, tag
+    assert html.count("<h1>") == 1  # the digest's own title; "# Heading" in a quote is text
+    # ...and every renderer shows the characters the customer wrote.
+    assert escape(HOSTILE, quote=False) in html
+    assert escape("# Heading <a href='javascript:alert(2)'>click</a> & [y](vbscript:z)",
+                  quote=False) in html  # fmt: skip
+    assert "<strong>" + escape(HOSTILE, quote=False) + "</strong>" in html
+    # The digest's own formatting is untouched.
+    assert "<h2>Rising</h2>" in html and "<strong>48</strong> messages" in html
+    assert "## Rising" in md and "7.1x its 4-week mean (2.25/week)" in md
+    # The e-mail's text part is plain text: the customer's words as written, on one line.
+    text = render_text(d)
+    assert HOSTILE in text and "\\" not in text and "&lt;" not in text
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "1. not a list",
+        "- nor this",
+        "> nor a quote",
+        "| a | table |",
+        "`code` and ~~strike~~ and _it_ and __b__",
+        "<https://example.com> and &amp; and &#106;avascript",
+        "back\\slash \\<b> and \\[z\\]",
+        "line one\nline two\n\n===",
+        "@channel :smile: $x^2$",
+    ],
+)
+def test_md_text_renders_to_exactly_the_text(value: str) -> None:
+    rendered = _rendered(f"- {md_text(value)}")
+    assert rendered == f"<ul>\n<li>{escape(' '.join(value.split()), quote=False)}</li>\n</ul>\n"
+
+
+# ---- headers --------------------------------------------------------------------------------
+
+
+def test_digests_are_served_with_nosniff_and_a_strict_policy(
+    client: TestClient, engine: Engine, settings: Settings
+) -> None:
+    _hostile_digest(engine, settings)
+    stored = client.post("/v1/digests", json={"week": "2026-W47"}).json()
+    for fmt, ctype in (("html", "text/html"), ("md", "text/markdown"), ("json", "application")):
+        for path in (f"/v1/digests/{stored['id']}", "/v1/digests/weekly?week=2026-W47"):
+            r = client.get(path, params={"format": fmt})
+            assert r.status_code == 200 and r.headers["content-type"].startswith(ctype)
+            assert r.headers["x-content-type-options"] == "nosniff"
+            assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    assert "script-src" not in CONTENT_SECURITY_POLICY
+    assert "default-src 'none'" in CONTENT_SECURITY_POLICY
+    assert "frame-ancestors 'none'" in CONTENT_SECURITY_POLICY
+    html = client.get(f"/v1/digests/{stored['id']}", params={"format": "html"}).text
+    assert "<script" not in html and "&lt;script&gt;" in html
+    # The web page of a kept digest (the link in Slack and e-mail), errors and health too.
+    _sign_in(client)
+    page = client.get(f"/digests/{stored['id']}")
+    assert page.status_code == 200 and page.text == html
+    assert page.headers["x-content-type-options"] == "nosniff"
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+    for r in (client.get("/v1/digests/999"), client.get("/healthz"), client.get("/nowhere")):
+        assert r.headers["x-content-type-options"] == "nosniff"
+        assert r.headers["content-security-policy"] == CONTENT_SECURITY_POLICY
+    # The interactive docs load Swagger UI's scripts: nosniff, but not the strict policy.
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["x-content-type-options"] == "nosniff"
+    assert "content-security-policy" not in docs.headers
