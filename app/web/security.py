@@ -31,6 +31,8 @@ MAX_FORM_FIELDS = 20
 CSRF_FIELD = "csrf_token"
 LOGIN_COOKIE = "issuelens_login"
 LOGIN_FORM_TTL_S = 3600
+# API processes on different machines may disagree about the time by a little.
+CLOCK_SKEW_S = 60
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -184,7 +186,7 @@ def login_token(cookie: str | None, *, secret: str) -> tuple[str, str]:
     fresh (so two open tabs both work), else a new one."""
     now = time.time()
     age = _login_nonce_age(cookie, now) if cookie and len(cookie) <= 64 else None
-    if cookie is None or age is None or not 0 <= age < LOGIN_FORM_TTL_S - 300:
+    if cookie is None or age is None or not -CLOCK_SKEW_S <= age < LOGIN_FORM_TTL_S - 300:
         cookie = f"{int(now)}.{secrets.token_urlsafe(18)}"
     return cookie, login_signature(cookie, secret)
 
@@ -196,7 +198,7 @@ def check_login_token(cookie: str | None, form: PostedForm, *, secret: str) -> N
     if (
         cookie is None
         or age is None
-        or not 0 <= age <= LOGIN_FORM_TTL_S
+        or not -CLOCK_SKEW_S <= age <= LOGIN_FORM_TTL_S
         or not given
         or not hmac.compare_digest(given.encode(), login_signature(cookie, secret).encode())
     ):

@@ -361,11 +361,13 @@ def test_sign_in_form_has_a_double_submit_token(client: TestClient, engine: Engi
     other_token = form_token(other.get("/login").text, "/login")
     stale_cookie = f"{int(time.time()) - 7200}.abcdefgh"
     planted = f"{int(time.time())}.planted"
+    future = f"{int(time.time()) + 7200}.abcdefgh"
     for jar, field in (
         (cookie, "forged"),
         (cookie, other_token),  # another browser's token
         (cookie, ""),
         (stale_cookie, login_signature(stale_cookie, "test-salt")),  # signed, but expired
+        (future, login_signature(future, "test-salt")),  # signed, from the future
         (planted, login_signature(planted, "another-secret")),  # made up elsewhere
     ):
         client.cookies.set("issuelens_login", jar, path="/login")
