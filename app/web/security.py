@@ -20,6 +20,7 @@ from typing import Annotated
 from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, Request
+from starlette import formparsers
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from app.core.body import UnsupportedMediaType, read_body
@@ -123,6 +124,11 @@ async def _read(request: Request) -> dict[str, str]:
     raw = await read_body(request, max_bytes=MAX_FORM_BYTES)
     ctype = (raw.content_type or "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
+        if formparsers.multipart is None:  # python-multipart missing from the install
+            raise UnsupportedMediaType(
+                "This installation cannot read multipart/form-data; send the form as "
+                "application/x-www-form-urlencoded."
+            )
         parser = MultiPartParser(
             request.headers,
             _one(raw.data),
