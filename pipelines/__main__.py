@@ -6,10 +6,19 @@ import argparse
 import json
 from datetime import datetime
 
+from app.core import clock
 from app.core.config import get_settings
 from app.core.db import make_engine
 from app.core.logging import configure_logging
 from pipelines.quant_aware import STEPS as DISTIL_STEPS
+
+
+def _time(text: str) -> datetime:
+    """An ISO 8601 time in app.core.clock's range, as UTC; a usage error otherwise."""
+    try:
+        return clock.to_utc(datetime.fromisoformat(text))
+    except ValueError as exc:  # not ISO 8601, or clock.TimeOutOfRange
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     rq.add_argument("--source", default=None, help="only this source")
     rq.add_argument(
         "--received-from",
-        type=datetime.fromisoformat,
+        type=_time,
         default=None,
-        help="only tickets received at or after this ISO time",
+        help=f"only tickets received at or after this ISO time ({clock.RANGE_TEXT})",
     )
     ts = jobs.add_parser("train-sentiment", help="train the sentiment model (models/sentiment)")
     ts.add_argument("--data", required=True, help="folder with train.csv and val.csv (text,label)")

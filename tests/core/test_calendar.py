@@ -247,3 +247,17 @@ def test_helpdesk_times_out_of_range_fall_back_to_the_received_time(
     assert before - timedelta(seconds=1) <= ticket.created_at <= after + timedelta(seconds=1)
     assert ticket.created_at == ticket.received_at
     assert "source_updated_at" not in (ticket.meta or {})
+
+
+# ---- the command line -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["0001-01-01T00:00:00+05:00", "9999-12-31T23:59:59-05:00"])
+def test_requeue_refuses_times_out_of_range(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["requeue", "--received-from", value])
+    assert exit_.value.code == 2  # a usage error, before the database is opened
+    err = capsys.readouterr().err
+    assert "--received-from" in err and "1970-01-01T00:00:00Z to 2999-12-31T23:59:59Z" in err
