@@ -177,7 +177,13 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
     app.add_middleware(SecurityHeaders, open_paths=frozenset(p for p in docs if p))
     keyed: dict[str, Any] = {
         "dependencies": [ApiKeyDep],
-        "responses": {401: {"description": "No API key, or not a valid one."}},
+        "responses": {
+            401: {"description": "No API key, or not a valid one."},
+            429: {
+                "description": "Too many wrong API keys from this address; wait Retry-After "
+                "seconds."
+            },
+        },
     }
     app.include_router(ingest_router, **keyed)
     app.include_router(posts_router, **keyed)

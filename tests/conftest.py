@@ -32,6 +32,7 @@ FIXTURES = ROOT / "fixtures"
 PG_URL = os.environ.get("TEST_DATABASE_URL", "").strip()
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 TABLES = (
+    "web_session",
     "digest",
     "outbound_delivery",
     "webhook_event",

@@ -41,6 +41,7 @@ from sqlmodel import Session, col, select
 from app.core import retry as core_retry
 from app.core.db import begin_write, utcnow
 from app.core.errors import InvalidInput, NotFound
+from app.ingest.pii import redact_metadata
 from app.outbound.models import OutboundDelivery, OutboundStatus
 from app.outbound.schemas import OutboundDeliveriesPublic, OutboundDeliveryPublic
 from app.routing.table import RoutingTable
@@ -216,11 +217,10 @@ def _body(engine: Engine, claim: Claim, routing: RoutingTable) -> bytes | Outcom
     if ticket.revision != claim.revision:
         # Its text changed and it will be analysed again; that analysis is sent instead.
         return Outcome(OutboundStatus.superseded, nothing_sent)
-    payload = {
-        "event": claim.event,
-        "delivery_id": claim.id,
-        "ticket": json.loads(ticket.model_dump_json()),
-    }
+    body = json.loads(ticket.model_dump_json())
+    # Metadata is redacted at ingest; rows stored before that are redacted on their way out.
+    body["metadata"] = redact_metadata(body["metadata"])
+    payload = {"event": claim.event, "delivery_id": claim.id, "ticket": body}
     return json.dumps(payload, separators=(",", ":")).encode()
 
 

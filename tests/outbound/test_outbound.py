@@ -24,6 +24,7 @@ from app.nlp.analyzer import Analyzer
 from app.outbound import service as outbound_service
 from app.outbound.models import OutboundDelivery
 from app.routing.table import RoutingTable
+from app.tickets.models import Ticket
 from tests.helpers import AUTH
 
 SECRET = "outbound-secret-42"
@@ -120,6 +121,40 @@ def test_analysed_ticket_is_delivered_signed(
     assert delivered["count"] == 1 and delivered["data"][0]["ticket_id"] == tid
     assert delivered["data"][0]["attempts"] == 1 and delivered["data"][0]["last_status_code"] == 200
     assert _send(engine, settings) == 0  # sent once only
+
+
+def test_metadata_never_goes_out_with_personal_data(
+    out_client: tuple[TestClient, Settings], engine: Engine, analyzer: Analyzer, receiver: Receiver
+) -> None:
+    # Issue 17: customer_email and phone went out in every delivery. New rows are redacted at
+    # ingest; a row stored before that (written here straight into the table) on the way out.
+    client, settings = out_client
+    meta = {"customer_email": "dana@example.com", "phone": "+44 7700 900461", "plan": "pro"}
+    item = {"source": "email", "external_id": "m1", "body": "App crashes", "metadata": meta}
+    tid = client.post("/v1/tickets", json=item).json()["data"][0]["id"]
+    old = {"customer_email": "old@example.com", "note": "call 020 7946 0123", "plan": "pro"}
+    old_id = client.post(
+        "/v1/tickets", json={"source": "email", "external_id": "m2", "body": "Refund late"}
+    ).json()["data"][0]["id"]
+    with Session(engine) as s:
+        s.execute(update(Ticket).where(Ticket.id == old_id).values(meta=old))  # type: ignore[arg-type]
+        s.commit()
+    _worker(engine, analyzer, settings).drain()
+    assert _send(engine, settings) == 2
+    sent = {json.loads(r["body"])["ticket"]["id"]: r["body"] for r in receiver.requests}
+    for body in sent.values():
+        for value in ("dana@example.com", "7700 900461", "old@example.com", "7946 0123"):
+            assert value.encode() not in body
+    assert json.loads(sent[tid])["ticket"]["metadata"] == {
+        "customer_email": "[REDACTED]",
+        "phone": "[REDACTED]",
+        "plan": "pro",
+    }
+    assert json.loads(sent[old_id])["ticket"]["metadata"] == {
+        "customer_email": "[REDACTED]",
+        "note": "call [PHONE]",
+        "plan": "pro",
+    }
 
 
 def test_failing_receiver_is_retried_with_backoff_then_recorded(
