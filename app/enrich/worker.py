@@ -2,8 +2,9 @@
 
 Each batch is bounded by count and by characters (`queue.claim`) and comes from one of two
 lanes, short and long tickets; when both have work the worker serves them in turn, so neither
-waits behind a flood of the other. After a batch of long tickets the memory its analysis used
-is handed back to the system (`runtime.release_memory`). A ticket whose analysis or write raises
+waits behind a flood of the other. When the queue runs dry the memory the batches used is
+handed back to the system (`runtime.release_memory`); not between batches, where reusing it is
+what keeps a flood fast. A ticket whose analysis or write raises
 is recorded as a failed attempt on its own (`enrich_service.analyse`, `enrich_service.store`);
 an error outside any ticket (the database gone) waits `core.retry.backoff` before the next try.
 """
@@ -71,6 +72,7 @@ class Worker:
         self._digest_checked_at: float | None = None
         self._nlp: Any = None
         self._lane: Lane | None = None  # the lane of the batch in progress
+        self._holding = False  # batches ran since memory was last handed back
         self._stop = threading.Event()
         # The lane tried first by the next claim: the other one after each batch.
         self._lanes: tuple[Lane, Lane] = (Lane.short, Lane.long)
@@ -184,11 +186,7 @@ class Worker:
             assign_min_cosine=self.assign_min_cosine,
             outbound=self.outbound,
         )
-        del results  # the analyses (embeddings, evidence) are stored: free them before trimming
-        if self._lane is Lane.long:
-            # Long texts' token states came and went in large arrays that glibc keeps on its
-            # free lists (in the encoder threads' heaps above all); a few ms to give them back.
-            release_memory()
+        self._holding = True
         took = time.perf_counter() - start
         log.info(
             "batch done",
@@ -205,6 +203,19 @@ class Worker:
         )
         return outcome
 
+    def release_memory(self) -> None:
+        """Hand back what the batches since the last call kept (ONNX arenas, glibc's free
+        lists); the worker does it whenever the queue runs dry."""
+        if not self._holding:
+            return
+        self._holding = False
+        start = time.perf_counter()
+        release_memory()
+        log.info(
+            "memory released",
+            extra={"stage": "enrich", "ms": round((time.perf_counter() - start) * 1000, 1)},
+        )
+
     def drain(self) -> int:
         """Process batches until nothing is pending; returns how many tickets were finished."""
         total = 0
@@ -216,6 +227,7 @@ class Worker:
             if outcome.done + outcome.failed == 0:
                 # Everything claimed was changed underneath us; don't spin on it.
                 time.sleep(0.05)
+        self.release_memory()
         return total
 
     def run(self) -> None:
@@ -246,6 +258,7 @@ class Worker:
                 continue
             self.error_streak = 0
             if outcome.claimed == 0:
+                self.release_memory()
                 try:
                     if self.run_cluster_runs():
                         continue
