@@ -263,9 +263,12 @@ def measure(
             after = rss_mb(worker.pid)
             cpu = cpu_s(worker.pid) - cpu_before
         with engine.connect() as conn:
-            statuses = dict(
-                conn.execute(text("SELECT status, count(*) FROM ticket GROUP BY status")).all()
-            )
+            statuses: dict[str, int] = {
+                str(status): int(n)
+                for status, n in conn.execute(
+                    text("SELECT status, count(*) FROM ticket GROUP BY status")
+                ).all()
+            }
     finally:
         engine.dispose()
         for proc in (worker, server):
