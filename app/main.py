@@ -132,6 +132,7 @@ def create_app(settings: Settings | None = None, *, analyzer: Analyzer | None = 
                 analyzer=services.analyzer,
                 routing=services.routing,
                 batch_size=settings.worker_batch_size,
+                batch_chars=settings.worker_batch_chars,
                 poll_interval_s=settings.worker_poll_interval_s,
                 max_attempts=settings.worker_max_attempts,
                 signal=services.signal,
