@@ -65,7 +65,8 @@ async def _store(services: Services, delivery: ingest_service.Delivery) -> list[
 
 
 async def _off_loop(raw: RawBody, services: Services, work: Callable[[], _T]) -> _T:
-    """Run `work` (parsing, HTML to text, redaction) on the event loop for an ordinary body,
+    """Run `work` (JSON parsing, validation, HTML to text, redaction) on the event loop for an
+    ordinary body,
     in a worker thread for a large one: however linear, 1 MB of text is tens of milliseconds
     that every other request would otherwise wait behind."""
     if len(raw.data) <= services.settings.inline_body_bytes:
@@ -111,7 +112,9 @@ async def create_tickets(
 ) -> IngestResponse:
     """Store tickets/posts idempotently on (source, external_id) and queue them for analysis."""
     raw = await read_body(request, max_bytes=services.settings.max_request_bytes)
-    items: list[TicketCreate] = validate_items(_ONE_TICKET, _TICKETS, parse_json(raw))
+    items: list[TicketCreate] = await _off_loop(
+        raw, services, lambda: validate_items(_ONE_TICKET, _TICKETS, parse_json(raw))
+    )
     return await _ingest(items, raw=raw, kind="api", services=services, response=response)
 
 
@@ -131,7 +134,9 @@ async def create_posts(
 ) -> IngestResponse:
     """Store social posts idempotently on (platform, id) and queue them for analysis."""
     raw = await read_body(request, max_bytes=services.settings.max_request_bytes)
-    posts: list[PostCreate] = validate_items(_ONE_POST, _POSTS, parse_json(raw))
+    posts: list[PostCreate] = await _off_loop(
+        raw, services, lambda: validate_items(_ONE_POST, _POSTS, parse_json(raw))
+    )
     social = sorted(
         name
         for name in services.sources.names
