@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,10 +14,14 @@ from fastapi.testclient import TestClient
 from sqlalchemy import Engine
 from sqlmodel import Session, select
 
+from app.core.config import Settings
 from app.enrich.worker import Worker
+from app.ingest import service as ingest_service
 from app.ingest.models import RawDelivery
+from app.main import create_app
+from app.nlp.analyzer import Analyzer
 from app.tickets.models import Ticket, TicketAnalysis
-from tests.helpers import count_rows, tickets_by_status
+from tests.helpers import AUTH, count_rows, tickets_by_status
 
 
 def post(client: TestClient, payload: Any) -> Any:
@@ -263,3 +268,36 @@ def test_a_deep_row_stored_before_the_limit_is_served_clipped(
     assert clipped == {"a": "[too deep]"}
     listing = client.get("/v1/tickets")
     assert listing.status_code == 200 and listing.json()["count"] >= 1
+
+
+def test_large_bodies_are_prepared_off_the_event_loop(
+    make_settings: Callable[..., Settings],
+    analyzer: Analyzer,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Issue 17: a 0.4 MB batch of "a.a.a" was parsed and redacted on the event loop and every
+    # other request waited. Over INLINE_BODY_BYTES the work runs in a worker thread.
+    threads: list[str] = []
+    original = ingest_service.prepare
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ingest_service, "prepare", spy)
+    app = create_app(make_settings(inline_body_bytes=2_000), analyzer=analyzer)
+    with TestClient(app, headers=AUTH) as c:
+
+        async def loop_thread() -> str:
+            return threading.current_thread().name
+
+        loop_name = c.portal.call(loop_thread)  # type: ignore[union-attr]
+        small = c.post("/v1/tickets", json={"source": "api", "external_id": "s", "body": "hi"})
+        big = c.post(
+            "/v1/tickets", json={"source": "api", "external_id": "b", "body": "a." * 5_000}
+        )
+    assert small.status_code == 202 and big.status_code == 202
+    assert threads[0] == loop_name
+    assert threads[1] != loop_name
+    assert count_rows(engine, "ticket") == 2
