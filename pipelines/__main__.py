@@ -10,6 +10,7 @@ from app.core import clock
 from app.core.config import get_settings
 from app.core.db import make_engine
 from app.core.logging import configure_logging
+from pipelines.quant_aware import BRANCH_STEPS as BRANCH_DISTIL_STEPS
 from pipelines.quant_aware import STEPS as DISTIL_STEPS
 
 
@@ -75,6 +76,41 @@ def main(argv: list[str] | None = None) -> int:
     )
     tu.add_argument("--no-overrides", action="store_true", help="ignore human corrections")
     tu.add_argument("--seed", type=int, default=0)
+    ta = jobs.add_parser(
+        "train-analysis",
+        help="train the analysis branch: problem, UX/CX, sub-category, sentiment (models/analysis)",
+    )
+    ta.add_argument(
+        "--datasets",
+        default="../shared/datasets",
+        help="folder of the real datasets (support_tweets, airline_tweets, app_reviews, "
+        "tweeteval_sentiment); without it only fixtures and corrections train",
+    )
+    ta.add_argument("--fixtures", default="fixtures/uxcx", help="folder of labelled *.jsonl")
+    ta.add_argument(
+        "--labels",
+        default="fixtures/uxcx/real_labels.csv",
+        help="source,id,label,subcategory,clarity of real messages (by id)",
+    )
+    ta.add_argument(
+        "--second-reading",
+        default="fixtures/uxcx/real_agreement.csv",
+        help="the dev split's independent second reading (dev counts where both agree)",
+    )
+    ta.add_argument(
+        "--v1-labels",
+        default="fixtures/uxcx/support_tweets_labels.csv",
+        help="the first labeller's tweet labels (train side only)",
+    )
+    ta.add_argument("--out", default=None, help="artifact folder (default: ANALYSIS_ARTIFACT)")
+    ta.add_argument("--version", default=None, help="version name (default: the folder name)")
+    ta.add_argument("--epochs", type=int, default=4)
+    ta.add_argument("--seed", type=int, default=0)
+    ta.add_argument("--max-examples", type=int, default=0, help="use only N examples (tests)")
+    ta.add_argument(
+        "--database-url", default=None, help="read human corrections here (default: settings)"
+    )
+    ta.add_argument("--no-overrides", action="store_true", help="ignore human corrections")
     ex = jobs.add_parser(
         "export-onnx", help="export the encoder and sentiment branch to ONNX (models/onnx)"
     )
@@ -86,6 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         help="int8 (ENCODER_BACKEND=onnx-int8, committed), fp32 (onnx, 90 MB) or all",
     )
     ex.add_argument("--sentiment-artifact", default=None, help="default: SENTIMENT_ARTIFACT")
+    ex.add_argument("--analysis-artifact", default=None, help="default: ANALYSIS_ARTIFACT")
+    ex.add_argument(
+        "--encoder-from",
+        default=None,
+        help="reuse the encoder graphs of this earlier export (same weights, check passed) "
+        "and export only the branches: minutes instead of the distillation's ten",
+    )
+    ex.add_argument(
+        "--datasets",
+        default="../shared/datasets",
+        help="the real datasets: their dev-split texts are kept out of the distillation",
+    )
     ex.add_argument("--fixtures", default="fixtures/uxcx", help="calibration and check texts")
     ex.add_argument("--calibration-texts", type=int, default=600)
     ex.add_argument(
@@ -93,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=DISTIL_STEPS,
         help="int8 quantisation-aware distillation steps (0: none; pipelines/quant_aware.py)",
+    )
+    ex.add_argument(
+        "--branch-distil-steps",
+        type=int,
+        default=BRANCH_DISTIL_STEPS,
+        help="int8 quantisation-aware distillation steps of the analysis branch (0: none)",
     )
     ex.add_argument("--banking-train", default="../shared/datasets/banking77/train.csv")
     ex.add_argument("--tweets", default="../shared/datasets/support_tweets/inbound.csv")
@@ -144,11 +198,19 @@ def main(argv: list[str] | None = None) -> int:
         args.database_url = args.database_url or settings.database_url
         train_uxcx.main(args)
         return 0
+    if args.job == "train-analysis":
+        from pipelines import train_analysis
+
+        args.out = args.out or str(settings.analysis_artifact)
+        args.database_url = args.database_url or settings.database_url
+        train_analysis.main(args)
+        return 0
     if args.job == "export-onnx":
         from pipelines import export_onnx
 
         args.out = args.out or str(settings.onnx_artifact)
         args.sentiment_artifact = args.sentiment_artifact or str(settings.sentiment_artifact)
+        args.analysis_artifact = args.analysis_artifact or str(settings.analysis_artifact)
         export_onnx.main(args)
         return 0
     if args.job == "digest":
