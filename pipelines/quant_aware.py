@@ -9,7 +9,8 @@ the hidden states the sentiment branch reads. The teacher is the packaged encode
 label is involved and the embedding space stays the one every stored vector lives in.
 
 Texts: the Banking77 training split, the UX/CX fixtures' training split and three quarters of
-the support tweets (`stable_bucket(text, 4) != 0`; `bench/encoder.py` measures on the rest).
+the support tweets (`stable_bucket(text, 4) != 0`; `bench/encoder.py` measures on the rest),
+less every tweet of the analysis branch's dev split (`held_out_texts`).
 Seeded; on the 2-core machine 800 steps take 9 to 10 minutes (400 took 13 on an AVX2-only one).
 """
 
@@ -79,10 +80,25 @@ def restore(swapped: Sequence[tuple[Any, str, Any]]) -> None:
         setattr(parent, name, child)
 
 
+def held_out_texts(datasets: Path) -> set[str]:
+    """Texts of the analysis branch's real-text dev split (`pipelines.analysis_data.is_dev`):
+    no step of any training, this one included, may see them."""
+    from pipelines.analysis_data import is_dev, read_real_messages
+
+    if not datasets.exists():
+        return set()
+    return {m.text.strip() for m in read_real_messages(datasets).values() if is_dev(m)}
+
+
 def training_texts(
-    *, fixtures_train: Sequence[str], banking_train: Path, tweets: Path
+    *,
+    fixtures_train: Sequence[str],
+    banking_train: Path,
+    tweets: Path,
+    exclude: set[str] | None = None,
 ) -> list[str]:
-    """The distillation texts (see the module docstring), deduplicated and shuffled (seed 0)."""
+    """The distillation texts (see the module docstring), deduplicated and shuffled (seed 0);
+    none of `exclude`."""
     from pipelines.train_uxcx import stable_bucket
 
     texts = list(fixtures_train)
@@ -93,7 +109,7 @@ def training_texts(
         with path.open(encoding="utf-8") as f:
             rows = [row.get("text", "").strip() for row in csv.DictReader(f)]
         texts += [t for t in rows if t and (held_out is None or stable_bucket(t, held_out) != 0)]
-    out = sorted(set(texts))
+    out = sorted(set(texts) - (exclude or set()))
     random.Random(0).shuffle(out)
     return out
 
@@ -190,4 +206,104 @@ def distil(
         "seconds": round(time.perf_counter() - start, 1),
     }
     log.info("distilled", extra={"stage": "qat", **result})
+    return result
+
+
+BRANCH_STEPS = 300
+BRANCH_LEARNING_RATE = 1e-5
+
+
+def distil_branch(
+    student: Any,
+    teacher: Any,
+    embedder: Any,
+    texts: list[str],
+    *,
+    tap: int,
+    steps: int = BRANCH_STEPS,
+    batch_size: int = BATCH,
+    learning_rate: float = BRANCH_LEARNING_RATE,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train the rescaled analysis branch `student` (about to be quantised) in place so that,
+    with its layers rounded as int8, its heads give what `teacher` (the fp32 artifact) gives.
+
+    Inputs are the packaged encoder's layer-`tap` states of `texts`; the loss is the squared
+    error of every head's logits (each head divided by the spread of the teacher's) plus the
+    relative error of the pooled states. Only the branch's layers are rounded and trained: the
+    heads run in fp32 at serving time and keep the artifact's weights."""
+    import torch
+    from tqdm import tqdm
+    from transformers.masking_utils import create_bidirectional_mask
+
+    torch.manual_seed(seed)
+    encoder = embedder.encoder
+    swapped = simulate_int8(student.layers)
+    student.eval()
+    teacher.eval()
+    params = list(student.layers.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps)
+    )
+    batches = _batches(texts, batch_size, seed)
+
+    def pooled(module: Any, hidden: Any, mask: Any) -> Any:
+        states = module.tokens(hidden, mask)
+        m = mask.unsqueeze(-1).to(states.dtype)
+        return (states * m).sum(1) / m.sum(1).clamp(min=1)
+
+    start = time.perf_counter()
+    first = last = 0.0
+    bar = tqdm(range(steps), desc="int8 branch distillation", disable=None if progress else True)
+    try:
+        for step in bar:
+            batch = embedder.tokenizer(
+                next(batches), padding=True, truncation=True, max_length=MAX_TOKENS,
+                return_tensors="pt",
+            )  # fmt: skip
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            with torch.no_grad():
+                hidden = encoder.embeddings(input_ids=ids, token_type_ids=batch["token_type_ids"])
+                attention = create_bidirectional_mask(
+                    config=encoder.config, inputs_embeds=hidden, attention_mask=mask
+                )
+                for block in encoder.encoder.layer[:tap]:
+                    hidden = block(hidden, attention)
+                    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+                want_pooled = pooled(teacher, hidden, mask)
+                want = teacher.heads(want_pooled)
+            got_pooled = pooled(student, hidden, mask)
+            got = student.heads(got_pooled)
+            loss = ((got_pooled - want_pooled) ** 2).sum() / (want_pooled**2).sum()
+            for head, value in want.items():
+                spread = value.detach().std().clamp(min=1e-3)
+                loss = loss + (((got[head] - value) / spread) ** 2).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            value_now = float(loss.detach())
+            first = value_now if step == 0 else first
+            last = value_now if step == 0 else 0.95 * last + 0.05 * value_now
+            bar.set_postfix(loss=f"{last:.4f}")
+    finally:
+        restore(swapped)
+        for p in params:
+            p.requires_grad_(False)
+    result = {
+        "steps": steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "max_tokens": MAX_TOKENS,
+        "texts": len(texts),
+        "loss_first": round(first, 4),
+        "loss_last": round(last, 4),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    log.info("branch distilled", extra={"stage": "qat", **result})
     return result

@@ -117,3 +117,39 @@ def test_distillation_brings_the_rounded_student_closer_to_its_teacher() -> None
         for a, b in zip(student.parameters(), teacher.parameters(), strict=True)
     )
     assert changed
+
+
+def test_branch_distillation_brings_the_rounded_branch_closer_to_its_heads() -> None:
+    from app.nlp.analysis import build_module
+    from app.nlp.embedder import TransformerEmbedder
+
+    torch.manual_seed(0)
+    embedder = TransformerEmbedder()
+    teacher = build_module(embedder, 3).eval()
+    student = copy.deepcopy(teacher)
+    with torch.no_grad():  # start away from the teacher, further than rounding alone would
+        for m in student.layers.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.add_(0.02 * torch.randn_like(m.weight))
+    head_names = ("sentiment", "problem", "problem_sentiment", "uxcx", "subcategory")
+
+    def heads_of(module: Any) -> dict[str, torch.Tensor]:
+        return {
+            f"{h}.{k}": v.clone()
+            for h in head_names
+            for k, v in getattr(module, h).state_dict().items()
+        }
+
+    heads_before = heads_of(student)
+    texts = [f"ticket {k}: the {w} is broken" for k in range(32) for w in ("app", "card")]
+    result = quant_aware.distil_branch(
+        student, teacher, embedder, texts, tap=3, steps=30, batch_size=8,
+        learning_rate=1e-4, progress=False,
+    )  # fmt: skip
+    assert result["steps"] == 30 and result["texts"] == len(texts)
+    assert result["loss_last"] < 0.8 * result["loss_first"]
+    # Only the layers trained; the heads keep the artifact's weights, nothing needs gradients.
+    after = heads_of(student)
+    assert all(torch.equal(heads_before[k], after[k]) for k in after)
+    assert not any(p.requires_grad for p in student.layers.parameters())
+    assert len([m for m in student.layers.modules() if isinstance(m, torch.nn.Linear)]) == 18
