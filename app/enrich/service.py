@@ -310,6 +310,7 @@ def _analysis_row(
         "uxcx_probability": uxcx.probability if uxcx else None,
         "uxcx_subcategory": uxcx.subcategory if uxcx else None,
         "uxcx_subcategory_probability": uxcx.subcategory_probability if uxcx else None,
+        "uxcx_problem_probability": uxcx.problem_probability if uxcx else None,
         "team": routing.team_for(uxcx.label if uxcx else None, uxcx.subcategory if uxcx else None),
         "embedding": np.ascontiguousarray(result.embedding, dtype="<f4").tobytes(),
         "embedding_dim": int(result.embedding.shape[0]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,25 @@ class Analyzer:
         self.sentiment = sentiment
         self.uxcx = uxcx
         self.language = language
+        # The trained branches among the analysers (one object may be both), each run once
+        # per batch beside the encoder; they must all start from the same encoder layer.
+        branches: dict[str, Any] = {}
+        for analyser in (sentiment, uxcx):
+            key = getattr(analyser, "state_key", None)
+            if key is not None and hasattr(analyser, "tap_states"):
+                branches[key] = analyser.tap_states
+        taps = {
+            layer
+            for layer in (getattr(sentiment, "tap_layer", None), getattr(uxcx, "tap_layer", None))
+            if layer is not None
+        }
+        if len(taps) > 1:
+            raise ValueError(
+                f"sentiment ({sentiment.name}) and UX/CX ({uxcx.name}) branches start from "
+                f"different encoder layers {sorted(taps)}; pick analysers that share one"
+            )
+        self.tap_layer: int | None = taps.pop() if taps else None
+        self._branches = branches
 
     @property
     def versions(self) -> dict[str, str]:
@@ -63,11 +83,11 @@ class Analyzer:
         languages = [self.language.detect(t) for t in texts]
         encoding = self.embedder.encode(
             texts,
-            tap_layer=self.sentiment.tap_layer,
+            tap_layer=self.tap_layer,
             pool_layers=self.uxcx.pool_layers,
             keep_tokens=self.uxcx.needs_tokens,
-            # The branch sentiment scorer's layers run right after the encoder's, per batch.
-            tap_states=getattr(self.sentiment, "tap_states", None),
+            # The trained branches' layers run right after the encoder's, per batch.
+            tap_states=self._branches,
         )
         embeddings = encoding.embeddings
         keep = [i for i, lang in enumerate(languages) if lang.supported]

@@ -92,6 +92,8 @@ class UxCx:
     subcategory: str | None = None
     subcategory_probability: float | None = None
     evidence: tuple[Evidence, ...] = ()
+    # P(the message reports a problem), from a labeller that decides that on its own.
+    problem_probability: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +48,9 @@ class TapBatch:
     hidden: np.ndarray  # (B, T, H) float32
     mask: np.ndarray  # (B, T) int64, 1 for real tokens
     offsets: np.ndarray  # (B, T, 2) character spans inside the *text*; (0, 0) for specials
-    # What `encode(tap_states=...)` made of `hidden`, on the encoder's thread for this batch.
-    states: np.ndarray | None = None
+    # What each `encode(tap_states={key: fn})` branch made of `hidden`, on the encoder's
+    # thread for this batch, by the branch's key.
+    states: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -66,6 +67,8 @@ class Encoding:
     pool_scale: dict[int, Any] = field(default_factory=dict)
     # The token states those vectors were pooled from, per layer, when asked for.
     tokens: dict[int, list[TapBatch]] = field(default_factory=dict)
+    # What analysers derived from this pass and share (a branch's states, their means).
+    cache: dict[str, Any] = field(default_factory=dict)
 
 
 class TransformerEmbedder:
@@ -184,7 +187,7 @@ class TransformerEmbedder:
         tap_layer: int | None = None,
         pool_layers: Sequence[int] = (),
         keep_tokens: bool = False,
-        tap_states: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+        tap_states: Mapping[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] | None = None,
     ) -> Encoding:
         """One pass over `texts`.
 
@@ -192,8 +195,8 @@ class TransformerEmbedder:
         the hidden states of that layer, for the sentiment branch. `pool_layers`: the same
         pooling of intermediate layers too (`Encoding.pooled`). `keep_tokens`: the token states
         of the final and pooled layers, so an analyser can split its decision over the tokens.
-        `tap_states(hidden, mask)`: run on each batch's tapped states right after the encoder,
-        on the same thread (the sentiment branch), kept as `TapBatch.states`.
+        `tap_states` ({key: fn(hidden, mask)}): run on each batch's tapped states right after
+        the encoder, on the same thread (the trained branches), kept as `TapBatch.states[key]`.
         """
         n = len(texts)
         out = np.zeros((n, self.dim), dtype=np.float32)
@@ -255,9 +258,9 @@ class TransformerEmbedder:
             # Mean pooling over every token of every chunk of a text: for a text that fits
             # in one chunk this is exactly sentence-transformers' mean pooling.
             token_sums = {layer: (states[layer] * weights).sum(1) for layer in layers}
-            tapped = None
-            if tap_states is not None and tap_layer is not None:
-                tapped = tap_states(states[tap_layer], mask)
+            tapped: dict[str, np.ndarray] = {}
+            if tap_states and tap_layer is not None:
+                tapped = {key: fn(states[tap_layer], mask) for key, fn in tap_states.items()}
             return idx, mask, offsets, states, token_sums, tapped
 
         for idx, mask, offsets, states, token_sums, tapped in self.runtime.map(forward, batches):

@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 
 from app.core.config import Settings
+from app.nlp.analysis import AnalysisBranch
+from app.nlp.analysis import weights_sha256 as analysis_weights_sha256
 from app.nlp.analyzer import Analyzer
 from app.nlp.embedder import TransformerEmbedder, packaged_encoder_path
 from app.nlp.language import LanguageDetector
@@ -25,9 +27,21 @@ from app.nlp.uxcx import load_uxcx_classifier
 log = logging.getLogger("app.nlp")
 
 
-def _onnx_runtimes(settings: Settings, backend: str) -> tuple[OnnxEncoder, BranchRuntime | None]:
-    """The ONNX encoder and, for the branch sentiment backend, the ONNX branch; raises
-    RuntimeArtifactError (or ArtifactError) saying what is wrong with the artifact."""
+def _branch_backends(settings: Settings) -> dict[str, Path]:
+    """The trained branches the analysers in settings need, with their artifact folders."""
+    wanted: dict[str, Path] = {}
+    if settings.sentiment_backend == "branch":
+        wanted["sentiment"] = Path(settings.sentiment_artifact)
+    if "analysis" in (settings.sentiment_backend, settings.uxcx_backend):
+        wanted["analysis"] = Path(settings.analysis_artifact)
+    return wanted
+
+
+def _onnx_runtimes(
+    settings: Settings, backend: str
+) -> tuple[OnnxEncoder, dict[str, BranchRuntime]]:
+    """The ONNX encoder and the ONNX graph of every trained branch the analysers need;
+    raises RuntimeArtifactError (or ArtifactError) saying what is wrong with the artifact."""
     weights = Path(settings.embedder_path) if settings.embedder_path else packaged_encoder_path()
     artifact: OnnxArtifact = open_artifact(
         settings.onnx_artifact,
@@ -40,28 +54,36 @@ def _onnx_runtimes(settings: Settings, backend: str) -> tuple[OnnxEncoder, Branc
     encoder = OnnxEncoder(
         artifact.encoder, name=f"{backend}:{artifact.version}", threads=threads, layers=layers
     )
-    branch: BranchRuntime | None = None
-    if settings.sentiment_backend == "branch":
-        source = artifact.config.get("sentiment", {})
-        if artifact.branch is None:
+    runtimes: dict[str, BranchRuntime] = {}
+    for role, artifact_dir in _branch_backends(settings).items():
+        graph = artifact.branches.get(role)
+        if graph is None:
             raise RuntimeArtifactError(
-                f"ONNX artifact at {artifact.folder} has no sentiment branch for {backend}"
+                f"ONNX artifact at {artifact.folder} has no {role} branch for {backend}"
             )
-        actual = branch_weights_sha256(settings.sentiment_artifact)
+        source = artifact.config.get(role, {})
+        actual = (
+            branch_weights_sha256(artifact_dir)
+            if role == "sentiment"
+            else analysis_weights_sha256(artifact_dir)
+        )
         if source.get("branch_sha256") != actual:
+            setting = "SENTIMENT_ARTIFACT" if role == "sentiment" else "ANALYSIS_ARTIFACT"
             raise RuntimeArtifactError(
-                f"ONNX artifact at {artifact.folder} was exported from another sentiment "
+                f"ONNX artifact at {artifact.folder} was exported from another {role} "
                 f"artifact (branch sha256 {str(source.get('branch_sha256'))[:12]}..., "
-                f"SENTIMENT_ARTIFACT {settings.sentiment_artifact} has {actual[:12]}...); "
-                f"export it again with `python -m pipelines export-onnx --out "
-                f"{artifact.folder}`"
+                f"{setting} {artifact_dir} has {actual[:12]}...); export it again with "
+                f"`python -m pipelines export-onnx --out {artifact.folder}`"
             )
-        branch = OnnxBranch(artifact.branch, name=backend, threads=threads)
-    return encoder, branch
+        runtimes[role] = OnnxBranch(graph, name=backend, threads=threads)
+    return encoder, runtimes
 
 
-def load_embedder(settings: Settings) -> tuple[TransformerEmbedder, BranchRuntime | None]:
-    """The embedder on the ENCODER_BACKEND runtime, and the sentiment branch's runtime.
+def load_embedder(
+    settings: Settings,
+) -> tuple[TransformerEmbedder, dict[str, BranchRuntime]]:
+    """The embedder on the ENCODER_BACKEND runtime, and the trained branches' runtimes
+    (empty on PyTorch: each branch then runs its own PyTorch module).
 
     Left at its default, an ONNX backend whose artifact is missing, corrupt or unchecked
     falls back to PyTorch with a warning; named explicitly, it fails start-up instead."""
@@ -69,7 +91,7 @@ def load_embedder(settings: Settings) -> tuple[TransformerEmbedder, BranchRuntim
     path = settings.embedder_path or None
     if backend != "torch":
         try:
-            encoder, branch = _onnx_runtimes(settings, backend)
+            encoder, branches = _onnx_runtimes(settings, backend)
         except Exception as exc:
             if settings.encoder_backend_explicit:
                 raise RuntimeArtifactError(
@@ -85,31 +107,47 @@ def load_embedder(settings: Settings) -> tuple[TransformerEmbedder, BranchRuntim
             embedder = TransformerEmbedder(
                 path, max_tokens=settings.embedder_max_tokens, runtime=encoder
             )
-            return embedder, branch
+            return embedder, branches
     embedder = TransformerEmbedder(
         path, max_tokens=settings.embedder_max_tokens, threads=settings.encoder_threads
     )
-    return embedder, None
+    return embedder, {}
 
 
 def load_analyzer(settings: Settings) -> Analyzer:
     """Load the embedder and every analyser; raises with a clear message when one is missing."""
     start = time.perf_counter()
-    embedder, branch_runtime = load_embedder(settings)
-    analyzer = Analyzer(
-        embedder=embedder,
-        sentiment=load_sentiment_scorer(
+    embedder, runtimes = load_embedder(settings)
+    # One analysis branch serves sentiment and UX/CX when both name it: it runs once.
+    branch: AnalysisBranch | None = None
+    if "analysis" in (settings.sentiment_backend, settings.uxcx_backend):
+        branch = AnalysisBranch(
+            Path(settings.analysis_artifact), embedder, runtime=runtimes.get("analysis")
+        )
+    sentiment = (
+        branch
+        if settings.sentiment_backend == "analysis" and branch is not None
+        else load_sentiment_scorer(
             settings.sentiment_backend,
             embedder=embedder,
             artifact_dir=settings.sentiment_artifact,
-            branch_runtime=branch_runtime,
-        ),
-        uxcx=load_uxcx_classifier(
+            branch_runtime=runtimes.get("sentiment"),
+        )
+    )
+    uxcx = (
+        branch
+        if settings.uxcx_backend == "analysis" and branch is not None
+        else load_uxcx_classifier(
             settings.uxcx_backend,
             embedder,
             artifact_dir=settings.uxcx_artifact,
             encoder_fingerprint=encoder_fingerprint(embedder),
-        ),
+        )
+    )
+    analyzer = Analyzer(
+        embedder=embedder,
+        sentiment=sentiment,
+        uxcx=uxcx,
         language=LanguageDetector(settings.language_min_confidence),
     )
     log.info(

@@ -45,11 +45,22 @@ import numpy as np
 log = logging.getLogger("app.nlp.runtime")
 
 ENCODER_BACKENDS = ("torch", "onnx", "onnx-int8")
-# The file of each ONNX backend inside the artifact folder, for the encoder and the branch.
-ONNX_FILES = {
-    "onnx": ("encoder.fp32.onnx", "sentiment-branch.fp32.onnx"),
-    "onnx-int8": ("encoder.int8.onnx", "sentiment-branch.int8.onnx"),
+# The file of each ONNX backend inside the artifact folder: the encoder, and each trained
+# branch that runs on the encoder's hidden states (the sentiment branch of
+# `models/sentiment`, the analysis branch of `models/analysis`).
+ONNX_FILES: dict[str, dict[str, str]] = {
+    "onnx": {
+        "encoder": "encoder.fp32.onnx",
+        "sentiment": "sentiment-branch.fp32.onnx",
+        "analysis": "analysis-branch.fp32.onnx",
+    },
+    "onnx-int8": {
+        "encoder": "encoder.int8.onnx",
+        "sentiment": "sentiment-branch.int8.onnx",
+        "analysis": "analysis-branch.int8.onnx",
+    },
 }
+BRANCHES = ("sentiment", "analysis")
 # Texts per ONNX call, and rows x longest row. Measured on 2,000 support tweets with the int8
 # encoder, two calls side by side: 537 texts/s one text per call, 900-1,000 with this plan or
 # with 16 texts (the same within this machine's noise), 833 with 32 (more padding).
@@ -338,13 +349,19 @@ EncoderRuntime = TorchEncoder | OnnxEncoder
 
 @dataclass(frozen=True, slots=True)
 class OnnxArtifact:
-    """A checked ONNX artifact folder: its config and the two graphs of one precision."""
+    """A checked ONNX artifact folder: its config and the graphs of one precision."""
 
     folder: Path
     backend: str
     config: dict[str, Any]
     encoder: Path
-    branch: Path | None  # None when the folder has no branch graph for this precision
+    # The branch graphs the folder has for this precision, by name ("sentiment", "analysis").
+    branches: dict[str, Path]
+
+    @property
+    def branch(self) -> Path | None:
+        """The sentiment branch's graph, when the folder has one."""
+        return self.branches.get("sentiment")
 
     @property
     def version(self) -> str:
@@ -379,14 +396,12 @@ def open_artifact(
             f"ONNX artifact at {folder} was exported from other encoder weights "
             f"(sha256 {str(made_from)[:12]}..., loaded {encoder_sha256[:12]}...); {rebuild}"
         )
-    encoder_name, branch_name = ONNX_FILES[backend]
-    paths: list[Path | None] = []
-    for name in (encoder_name, branch_name):
+    paths: dict[str, Path] = {}
+    for role, name in ONNX_FILES[backend].items():
         path = folder / name
         expected = files.get(name)
-        if expected is None and name == branch_name:
-            paths.append(None)
-            continue
+        if expected is None and role != "encoder":
+            continue  # a folder need not hold every branch
         if expected is None or not path.exists():
             raise RuntimeArtifactError(f"ONNX artifact at {folder}: {name} missing; {rebuild}")
         actual = sha256_file(path)
@@ -395,12 +410,12 @@ def open_artifact(
                 f"ONNX artifact at {folder}: {name} is corrupt (sha256 {actual[:12]}..., "
                 f"recorded {str(expected.get('sha256'))[:12]}...); {rebuild}"
             )
-        paths.append(path)
+        paths[role] = path
     check = config.get("check", {}).get(backend, {})
     if require_check and not check.get("passed"):
         raise RuntimeArtifactError(
             f"ONNX artifact at {folder}: {backend} has not passed its quality check "
             f"({check or 'none recorded'})"
         )
-    assert paths[0] is not None
-    return OnnxArtifact(folder, backend, config, paths[0], paths[1])
+    encoder = paths.pop("encoder")
+    return OnnxArtifact(folder, backend, config, encoder, paths)

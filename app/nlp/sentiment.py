@@ -302,6 +302,8 @@ class BranchSentiment:
                 f"{self.head_weight.shape}, encoder width {embedder.dim}"
             )
         self.name = f"branch:{cfg.get('version', artifact_dir.name)}"
+        # The key of this branch's states in `TapBatch.states`.
+        self.state_key = self.name
         log.info(
             "sentiment artifact loaded",
             extra={
@@ -350,8 +352,9 @@ class BranchSentiment:
             return tap, self.runtime.states(tap.hidden, tap.mask)
 
         # Batches whose branch states came with the encoder pass (`tap_states`) need no call.
-        ready = [(tap, tap.states) for tap in encoding.taps if tap.states is not None]
-        missing = [tap for tap in encoding.taps if tap.states is None]
+        key = self.state_key
+        ready = [(tap, tap.states[key]) for tap in encoding.taps if key in tap.states]
+        missing = [tap for tap in encoding.taps if key not in tap.states]
         for tap, states in [*ready, *self.runtime.map(run, missing)]:
             mask = tap.mask.astype(np.float32)
             owners = [encoding.units[u].text_index for u in tap.units]
@@ -516,4 +519,11 @@ def load_sentiment_scorer(
         return BranchSentiment(artifact_dir, embedder, runtime=branch_runtime)
     if backend.startswith("hf:"):
         return HFSentiment(Path(backend[3:]).expanduser())
-    raise ValueError(f"unknown SENTIMENT_BACKEND {backend!r}; available: branch, vader, hf:/path")
+    if backend == "analysis":
+        raise ValueError(
+            "SENTIMENT_BACKEND=analysis is built by app.nlp.loader.load_analyzer (one branch "
+            "serves sentiment and UX/CX)"
+        )
+    raise ValueError(
+        f"unknown SENTIMENT_BACKEND {backend!r}; available: analysis, branch, vader, hf:/path"
+    )

@@ -290,7 +290,12 @@ def load_uxcx_classifier(
         if artifact_dir is None:
             raise ValueError("UXCX_BACKEND=linear needs UXCX_ARTIFACT")
         return LinearUxCx(artifact_dir, encoder_fingerprint=encoder_fingerprint)
-    raise ValueError(f"unknown UXCX_BACKEND {backend!r}; available: linear, prototypes")
+    if backend == "analysis":
+        raise ValueError(
+            "UXCX_BACKEND=analysis is built by app.nlp.loader.load_analyzer (one branch serves "
+            "sentiment and UX/CX)"
+        )
+    raise ValueError(f"unknown UXCX_BACKEND {backend!r}; available: analysis, linear, prototypes")
 
 
 # A cluster whose leading label holds less than this mean probability is `mixed`.

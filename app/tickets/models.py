@@ -113,6 +113,8 @@ class TicketAnalysis(SQLModel, table=True):
     uxcx_probabilities: dict[str, float] | None = Field(default=None, sa_type=JSONType)
     uxcx_subcategory: str | None = Field(default=None, max_length=64)
     uxcx_subcategory_probability: float | None = None
+    # P(the message reports a problem), when the labeller decides that on its own.
+    uxcx_problem_probability: float | None = None
     # [{"start", "end", "weight"}]: the words that drove the label (offsets into the analysed
     # text: subject and body).
     uxcx_evidence: list[dict[str, Any]] | None = Field(default=None, sa_type=JSONType)

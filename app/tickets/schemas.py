@@ -71,13 +71,18 @@ class EvidencePublic(BaseModel):
 
 class UxCxPublic(BaseModel):
     """What the model said: UX / CX / none with calibrated probabilities, the sub-category
-    (and its probability within the label) and the evidence."""
+    (and its probability within the label) and the evidence.
+
+    `problem_probability` is P(the message reports a problem) from the analysis branch's own
+    head (null from labellers without one): the label is `none` when it is under the
+    artifact's calibrated threshold, so `probability` need not be the largest of the three."""
 
     label: str
     probability: float
     probabilities: dict[str, float] | None = None
     subcategory: str | None = None
     subcategory_probability: float | None = None
+    problem_probability: float | None = None
     evidence: list[EvidencePublic] = []
 
     @classmethod
@@ -91,6 +96,7 @@ class UxCxPublic(BaseModel):
         subcategory_probability: float | None,
         evidence: list[dict[str, Any]] | None,
         text: str,
+        problem_probability: float | None = None,
     ) -> UxCxPublic:
         """The public shape, cutting each evidence span out of the analysed text."""
         spans = [
@@ -108,6 +114,7 @@ class UxCxPublic(BaseModel):
             probabilities=probabilities,
             subcategory=subcategory,
             subcategory_probability=subcategory_probability,
+            problem_probability=problem_probability,
             evidence=spans,
         )
 

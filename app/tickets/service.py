@@ -95,6 +95,7 @@ def to_public(
                 probabilities=analysis.uxcx_probabilities,
                 subcategory=analysis.uxcx_subcategory,
                 subcategory_probability=analysis.uxcx_subcategory_probability,
+                problem_probability=analysis.uxcx_problem_probability,
                 evidence=analysis.uxcx_evidence,
                 text=compose_text(ticket.subject, ticket.body),
             )

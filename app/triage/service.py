@@ -54,6 +54,7 @@ def triage(
             probabilities=u.probabilities,
             subcategory=u.subcategory,
             subcategory_probability=u.subcategory_probability,
+            problem_probability=u.problem_probability,
             evidence=[asdict(e) for e in u.evidence],
             text=text,
         )

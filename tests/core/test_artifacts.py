@@ -1,5 +1,6 @@
-"""Start-up with a missing or corrupt sentiment artifact fails with a clear error; the hf:
-backend serves a local classifier through the API."""
+"""Start-up with a missing or corrupt v1 sentiment artifact (SENTIMENT_BACKEND=branch) fails
+with a clear error; the hf: backend serves a local classifier through the API. The analysis
+branch's artifacts: tests/nlp/test_analysis.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from tests.nlp.test_sentiment import _tiny_classifier
 def test_missing_artifact_fails_start_up(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
-    settings = make_settings(sentiment_artifact=tmp_path / "models" / "sentiment" / "nope")
+    settings = make_settings(
+        sentiment_backend="branch", sentiment_artifact=tmp_path / "models" / "sentiment" / "nope"
+    )
     with pytest.raises(ArtifactError, match="sentiment artifact missing at .*nope"):
         with TestClient(create_app(settings)):
             pass
@@ -33,7 +36,9 @@ def test_corrupt_artifact_fails_start_up(
     (bad / "config.json").write_text("{not json")
     (bad / "branch.safetensors").write_bytes(b"")
     with pytest.raises(ArtifactError, match="unreadable"):
-        with TestClient(create_app(make_settings(sentiment_artifact=bad))):
+        with TestClient(
+            create_app(make_settings(sentiment_backend="branch", sentiment_artifact=bad))
+        ):
             pass
 
 

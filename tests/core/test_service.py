@@ -56,7 +56,7 @@ def test_migrations_go_down_and_up(tmp_path: Path) -> None:
     command.upgrade(cfg, "head")
     engine = make_engine(url)
     with engine.connect() as conn:
-        assert MigrationContext.configure(conn).get_current_revision() == "0010"
+        assert MigrationContext.configure(conn).get_current_revision() == "0011"
     engine.dispose()
 
 

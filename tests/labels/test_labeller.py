@@ -1,4 +1,5 @@
-"""The trained UX/CX labeller through the API: every sub-category, evidence, routing, artifacts."""
+"""UX/CX through the API: clear cases of every sub-category (the v1 labeller, and the analysis
+branch that serves by default), evidence, routing, artifacts."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from fastapi.testclient import TestClient
 from app.core.config import DEFAULT_UXCX_ARTIFACT, Settings
 from app.main import create_app
 from app.nlp.analyzer import Analyzer
+from app.nlp.loader import load_analyzer
 from app.nlp.uxcx import ArtifactError, LinearUxCx
 from tests.helpers import AUTH
 
@@ -75,13 +77,30 @@ MORE = [
 ]
 
 
-def test_clear_cases_of_every_subcategory(client: TestClient) -> None:
-    """Every label right; every sub-category recognised in at least one of its two cases, and
-    most sub-categories right overall (the held-out sub-category accuracy is about 0.84)."""
+@pytest.fixture(scope="module")
+def v1_analyzer() -> Analyzer:
+    """The v1 labeller (UXCX_BACKEND=linear) beside the v1 sentiment branch."""
+    return load_analyzer(
+        Settings(_env_file=None, uxcx_backend="linear", sentiment_backend="branch")  # type: ignore[call-arg]
+    )
+
+
+def test_clear_cases_of_every_subcategory(
+    make_settings: Callable[..., Settings], v1_analyzer: Analyzer
+) -> None:
+    """The v1 labeller: every label right; every sub-category recognised in at least one of its
+    two cases, and most sub-categories right overall (its held-out sub-category accuracy is
+    about 0.84)."""
     right_sub: dict[str, int] = {}
     misses = []
-    for label, subcategory, text in CLEAR + MORE:
-        u = client.post("/v1/triage", json={"text": text}).json()["uxcx"]
+    app = create_app(make_settings(uxcx_backend="linear"), analyzer=v1_analyzer)
+    with TestClient(app, headers=AUTH) as client:
+        results = [
+            client.post("/v1/triage", json={"text": text}).json() for _, _, text in CLEAR + MORE
+        ]
+    for (label, subcategory, text), body in zip(CLEAR + MORE, results, strict=True):
+        assert body["analysers"]["uxcx"] == "linear:v1"
+        u = body["uxcx"]
         assert u["label"] == label, (text, u)
         assert u["probability"] > 0.7 and 0 < u["subcategory_probability"] <= 1
         assert abs(sum(u["probabilities"].values()) - 1) < 1e-3
@@ -94,6 +113,55 @@ def test_clear_cases_of_every_subcategory(client: TestClient) -> None:
             misses.append((subcategory, u["subcategory"], text))
     assert all(right_sub.values()), misses
     assert len(misses) <= 4, misses
+
+
+# The analysis branch's misses among these cases, measured on models/analysis/v1 and listed in
+# README.md (UX/CX, known misses): `none` for the sync failure (P(problem) 0.547 against its
+# 0.55 threshold) and the rude cashier, UX for a price rise. Strict: once a retrained branch
+# gets one right, this fails until the case is moved back among the others.
+ANALYSIS_MISSES = {
+    "Since the latest update the app no longer syncs with my laptop.",
+    "Why did my monthly price go up without any notice?",
+    "The cashier was rude to my elderly mother and laughed at her.",
+}
+
+
+@pytest.mark.parametrize(
+    ("label", "subcategory", "text"),
+    [
+        pytest.param(
+            *case,
+            marks=[pytest.mark.xfail(strict=True, reason="a known miss of analysis v1")]
+            if case[2] in ANALYSIS_MISSES
+            else [],
+            id=f"{case[0]}-{case[1]}-{case[2][:24]}",
+        )
+        for case in CLEAR + MORE
+    ],
+)
+def test_clear_cases_on_the_analysis_branch(
+    client: TestClient, label: str, subcategory: str, text: str
+) -> None:
+    body = client.post("/v1/triage", json={"text": text}).json()
+    u = body["uxcx"]
+    assert body["analysers"]["uxcx"] == "analysis:v1"
+    assert abs(sum(u["probabilities"].values()) - 1) < 1e-3
+    assert u["evidence"], "a decision always comes with evidence"
+    for e in u["evidence"]:
+        assert text[e["start"] : e["end"]] == e["text"] and 0 < e["weight"] <= 1
+    assert u["label"] == label, u
+
+
+def test_analysis_branch_sub_categories_of_the_clear_cases(client: TestClient) -> None:
+    """Sub-category right for most clear cases whose label is right (27 of 33 measured; the
+    real-text dev split's rate where the label is right is 0.79)."""
+    right = total = 0
+    for label, subcategory, text in CLEAR + MORE:
+        u = client.post("/v1/triage", json={"text": text}).json()["uxcx"]
+        if u["label"] == label:
+            total += 1
+            right += u["subcategory"] == subcategory
+    assert total >= 33 and right / total >= 0.79, (right, total)
 
 
 def test_evidence_points_at_the_right_words(client: TestClient) -> None:

@@ -42,9 +42,9 @@ def test_short_or_noisy_texts_count_as_english(detector: LanguageDetector) -> No
 
 
 def test_unknown_backends_name_the_choices() -> None:
-    with pytest.raises(ValueError, match="available: branch, vader"):
+    with pytest.raises(ValueError, match="available: analysis, branch, vader"):
         load_sentiment_scorer("roberta")
-    with pytest.raises(ValueError, match="available: linear, prototypes"):
+    with pytest.raises(ValueError, match="available: analysis, linear, prototypes"):
         load_uxcx_classifier("gpt", embedder=None)  # type: ignore[arg-type]
 
 

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from app.core.config import DEFAULT_ONNX_ARTIFACT, Settings
+from app.core.config import DEFAULT_ANALYSIS_ARTIFACT, DEFAULT_ONNX_ARTIFACT, Settings
 from app.main import create_app
+from app.nlp.analysis import AnalysisBranch
+from app.nlp.analysis import weights_sha256 as analysis_weights_sha256
 from app.nlp.analyzer import Analyzer
 from app.nlp.embedder import TransformerEmbedder
 from app.nlp.loader import load_analyzer
@@ -107,6 +109,12 @@ def test_default_is_int8_and_records_its_check() -> None:
     config = json.loads((DEFAULT_ONNX_ARTIFACT / "config.json").read_text())
     check = config["check"]["onnx-int8"]
     assert check["passed"] and check["cosine_mean"] >= 0.99 and check["cosine_worst"] >= 0.97
+    # The analysis branch's int8 graph, checked against its fp32 self at export: the same
+    # labels on the held-out fixtures, and made from the committed artifact.
+    assert check["analysis_uxcx_label_agreement"] >= 0.99
+    assert check["analysis_sentiment_label_agreement"] >= 0.99
+    assert check["analysis_problem_probability_max_diff"] <= 0.05
+    assert config["analysis"]["branch_sha256"] == analysis_weights_sha256(DEFAULT_ANALYSIS_ARTIFACT)
 
 
 def test_env_var_counts_as_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -142,7 +150,7 @@ def _corrupt(folder: Path) -> None:
 
 
 def _truncate(folder: Path) -> None:
-    path = folder / "sentiment-branch.int8.onnx"
+    path = folder / "analysis-branch.int8.onnx"
     path.write_bytes(path.read_bytes()[:1000])
 
 
@@ -157,7 +165,7 @@ def _missing(folder: Path) -> None:
 BREAKS: dict[str, tuple[Callable[[Path], None], str]] = {
     "missing": (_missing, "no ONNX artifact at .*config.json missing"),
     "corrupt": (_corrupt, "encoder.int8.onnx is corrupt"),
-    "truncated": (_truncate, "sentiment-branch.int8.onnx is corrupt"),
+    "truncated": (_truncate, "analysis-branch.int8.onnx is corrupt"),
     "unreadable": (_unreadable_config, "config.json is unreadable"),
 }
 
@@ -203,12 +211,31 @@ def test_fp32_backend_without_its_graphs_fails_clearly(tmp_path: Path) -> None:
         load_analyzer(Settings(_env_file=None, encoder_backend="onnx", onnx_artifact=folder))
 
 
-def test_artifact_of_another_sentiment_model_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("role", "sentiment_backend"), [("sentiment", "branch"), ("analysis", "analysis")]
+)
+def test_artifact_of_another_branch_is_refused(
+    tmp_path: Path, role: str, sentiment_backend: str
+) -> None:
     folder = _copy_artifact(tmp_path)
     config = json.loads((folder / "config.json").read_text())
-    config["sentiment"]["branch_sha256"] = "0" * 64
+    config[role]["branch_sha256"] = "0" * 64
     (folder / "config.json").write_text(json.dumps(config))
-    with pytest.raises(RuntimeArtifactError, match="another sentiment artifact"):
+    settings = Settings(
+        _env_file=None, encoder_backend="onnx-int8", onnx_artifact=folder,
+        sentiment_backend=sentiment_backend,
+    )  # fmt: skip
+    with pytest.raises(RuntimeArtifactError, match=f"another {role} artifact"):
+        load_analyzer(settings)
+
+
+def test_artifact_without_the_analysis_branch_is_refused(tmp_path: Path) -> None:
+    folder = _copy_artifact(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    del config["files"]["analysis-branch.int8.onnx"]
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "analysis-branch.int8.onnx").unlink()
+    with pytest.raises(RuntimeArtifactError, match="has no analysis branch for onnx-int8"):
         load_analyzer(Settings(_env_file=None, encoder_backend="onnx-int8", onnx_artifact=folder))
 
 
@@ -240,14 +267,25 @@ def test_torch_embedder_is_the_reference(torch_embedder: TransformerEmbedder) ->
     assert torch_embedder.embed(TEXTS[:2]).shape == (2, 384)
 
 
-def test_branch_run_beside_the_encoder_equals_a_separate_pass(analyzer: Analyzer) -> None:
-    # The analyzer runs the sentiment branch on the encoder's thread (`tap_states`); scoring
-    # an encoding without those states runs the branch afterwards: same answers.
-    sentiment = analyzer.sentiment
-    assert isinstance(sentiment, BranchSentiment)
-    tap = sentiment.tap_layer
-    beside = analyzer.embedder.encode(TEXTS, tap_layer=tap, tap_states=sentiment.tap_states)
+@pytest.mark.parametrize("role", ["analysis", "sentiment"])
+def test_branch_run_beside_the_encoder_equals_a_separate_pass(
+    analyzer: Analyzer, role: str
+) -> None:
+    # The analyzer runs each trained branch on the encoder's thread (`tap_states`); scoring
+    # an encoding without those states runs the branch afterwards: same answers. Both the
+    # analysis branch and the v1 sentiment branch run on the int8 graphs of one artifact.
+    if role == "analysis":
+        scorer = analyzer.sentiment
+        assert isinstance(scorer, AnalysisBranch)
+    else:
+        v1 = load_analyzer(Settings(_env_file=None, sentiment_backend="branch"))
+        assert v1.embedder.backend.startswith("onnx-int8:")
+        scorer = v1.sentiment
+        assert isinstance(scorer, BranchSentiment)
+    tap = scorer.tap_layer
+    fns = {scorer.state_key: scorer.tap_states}
+    beside = analyzer.embedder.encode(TEXTS, tap_layer=tap, tap_states=fns)
     after = analyzer.embedder.encode(TEXTS, tap_layer=tap)
-    assert all(t.states is not None for t in beside.taps)
-    assert all(t.states is None for t in after.taps)
-    assert sentiment.score(TEXTS, beside) == sentiment.score(TEXTS, after)
+    assert all(scorer.state_key in t.states for t in beside.taps)
+    assert all(not t.states for t in after.taps)
+    assert scorer.score(TEXTS, beside) == scorer.score(TEXTS, after)

@@ -114,7 +114,7 @@ def test_triage_sentiment_labels(client: TestClient, text: str, label: str) -> N
     assert (
         abs(s["score"] - (s["probabilities"]["positive"] - s["probabilities"]["negative"])) < 1e-3
     )
-    assert body["analysers"]["sentiment"].startswith("branch:")
+    assert body["analysers"]["sentiment"] == "analysis:v1"
 
 
 def test_triage_mixed_ticket_is_negative(client: TestClient) -> None:
