@@ -1,6 +1,6 @@
 """Every encoder backend side by side, in one run: speed, and whether quality held.
 
-    python bench/encoder.py --metrics models/onnx/v4/metrics.json
+    python bench/encoder.py --metrics models/onnx/v5/metrics.json
 
 For each of torch (PyTorch fp32, the reference), onnx (ONNX Runtime fp32) and onnx-int8:
 - speed, on the same real support tweets: texts/s through `embed` (tokenise, run, pool) and

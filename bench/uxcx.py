@@ -1,19 +1,22 @@
-"""UX/CX labelling: ours next to zero-shot baselines on the held-out split, and its latency.
+"""UX/CX on real text: the analysis branch next to the v1 labeller and zero-shot baselines.
 
-    python bench/uxcx.py [--tweets ../shared/datasets/support_tweets/inbound.csv]
+    python bench/uxcx.py [--datasets ../shared/datasets] [--backends torch,onnx-int8]
 
-Accuracy: the fixtures (and labelled tweets, when the dataset is there) that `train-uxcx` held
-out (sha256(id) % 5 == 0), scored by
-- ours: the trained labeller as the service runs it (models/uxcx/v1);
-- zero-shot, labels: cosine similarity to one written description per label (UX, CX, none),
-  with the same embedder;
-- zero-shot, prototypes: the previous labeller, cosine to short descriptions of each
-  sub-category (app/nlp/uxcx.py PROTOTYPES).
+Texts: the real-text dev split of `python -m pipelines train-analysis` (messages of held-out
+brands, airlines, authors and conversations that two readings labelled the same; never trained
+on, never used to select), then the written fixtures' held-out split. Each is scored in one
+run by
+- the analysis branch (`models/analysis/v1`) on every backend asked for (PyTorch fp32, and the
+  committed ONNX int8 graphs: the export must lose no more than 0.5 points against fp32;
+  the line under each table gives every difference, its largest change and largest drop);
+- today's v1 labeller (`models/uxcx/v1`, linear on the frozen embedding);
+- zero-shot: cosine to one written description per label; and cosine to the short
+  per-sub-category descriptions of the first labeller (`UXCX_BACKEND=prototypes`).
 
-Latency, one text at a time and batched, on real support tweets: the shared encoder pass as
-the service runs it without a labeller (embedding + sentiment tap), the same pass with what the
-labeller reads (pooled layers 4 and 3, token states), and the labeller itself (probabilities,
-sub-category, evidence). Added latency = the pass's extra cost + the labeller.
+Numbers: problem macro-F1 (UX or CX against none), UX/CX/none macro-F1, UX-vs-CX accuracy
+among real problems (the likelier of UX and CX), sub-category accuracy (label and
+sub-category both right, over all messages), the confusion matrices, and the branch's added
+latency per text (heads, sub-category and evidence, after the shared pass).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -30,17 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from app.core.config import Settings  # noqa: E402
-from app.nlp.base import UXCX_LABELS  # noqa: E402
+from app.nlp.analysis import CLASSES, AnalysisBranch  # noqa: E402
+from app.nlp.base import UXCX_LABELS, UxCx  # noqa: E402
+from app.nlp.embedder import TransformerEmbedder  # noqa: E402
 from app.nlp.loader import load_analyzer  # noqa: E402
 from app.nlp.uxcx import LinearUxCx, PrototypeClassifier  # noqa: E402
-from bench.common import DEFAULT_TWEETS, ROOT, load_texts, percentiles, print_table  # noqa: E402
-from pipelines.metrics import classification_metrics  # noqa: E402
-from pipelines.train_uxcx import (  # noqa: E402
-    Example,
-    load_fixtures,
-    load_tweet_labels,
-    stable_bucket,
-)
+from bench.common import ROOT, percentiles, print_table  # noqa: E402
+from pipelines.train_analysis import Example, TrainConfig, build_data, uxcx_metrics  # noqa: E402
 
 # One description per label, from the decision rule (which team fixes the root cause).
 LABEL_DESCRIPTIONS = {
@@ -52,150 +52,158 @@ LABEL_DESCRIPTIONS = {
     "cancellation, staff behaviour, delays or queues",
     "none": "no problem reported: thanks, praise, chit-chat or a simple question",
 }
+HEADER = ["labeller", "n", "problem macro-F1", "UX/CX/none macro-F1", "UX vs CX (problems)",
+          "sub-category acc.", "accuracy"]  # fmt: skip
 
 
-def scores(y: np.ndarray, pred: list[str]) -> dict[str, float]:
-    m = classification_metrics(y, np.array([UXCX_LABELS.index(p) for p in pred]), UXCX_LABELS)
-    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
-
-
-def accuracy_table(analyzer, split: list[Example]) -> list[list[str]]:  # noqa: ANN001
-    texts = [e.text for e in split]
-    y = np.array([UXCX_LABELS.index(e.label) for e in split])
-    ours: LinearUxCx = analyzer.uxcx
-    encoding = analyzer.embedder.encode(
-        texts, tap_layer=analyzer.sentiment.tap_layer, pool_layers=ours.pool_layers,
-        keep_tokens=True,
-    )  # fmt: skip
-    results = {"ours (models/uxcx/v1)": [u.label for u in ours.classify(texts, encoding)]}
-    desc = analyzer.embedder.embed(list(LABEL_DESCRIPTIONS.values()))
-    sims = encoding.embeddings @ desc.T
-    results["zero-shot, label descriptions"] = [UXCX_LABELS[k] for k in sims.argmax(1)]
-    prototypes = PrototypeClassifier(analyzer.embedder)
-    results["zero-shot, sub-category prototypes"] = [
-        u.label for u in prototypes.classify(texts, encoding)
-    ]
-    base = scores(y, results["ours (models/uxcx/v1)"])
-    rows = []
-    for name, pred in results.items():
-        s = scores(y, pred)
-        rows.append(
-            [
-                name,
-                str(len(split)),
-                f"{s['accuracy']:.4f}",
-                f"{s['macro_f1']:.4f}",
-                f"{base['macro_f1'] - s['macro_f1']:+.4f}" if pred is not None else "",
-            ]
+def _as_uxcx(probs: np.ndarray, subcategories: list[str] | None = None) -> list[UxCx]:
+    """Predictions of a zero-shot baseline as UxCx (argmax label)."""
+    out = []
+    for i, row in enumerate(probs):
+        k = int(row.argmax())
+        out.append(
+            UxCx(
+                label=UXCX_LABELS[k],
+                probability=float(row[k]),
+                probabilities={lab: float(p) for lab, p in zip(UXCX_LABELS, row, strict=True)},
+                subcategory=subcategories[i] if subcategories else None,
+            )
         )
-    return rows
+    return out
 
 
-def latency(analyzer, texts: list[str], batch: int) -> list[list[str]]:  # noqa: ANN001
-    ours: LinearUxCx = analyzer.uxcx
-    emb, tap = analyzer.embedder, analyzer.sentiment.tap_layer
+def labellers(
+    texts: list[str], embedder: TransformerEmbedder, extra: dict[str, Any], settings: Settings
+) -> dict[str, list[UxCx]]:
+    """Every labeller's predictions for `texts` (the branch on each backend in `extra`)."""
+    v1 = LinearUxCx(settings.uxcx_artifact)
+    branch = AnalysisBranch(settings.analysis_artifact, embedder)
+    encoding = embedder.encode(
+        texts, tap_layer=branch.tap_layer, pool_layers=v1.pool_layers, keep_tokens=True
+    )
+    out: dict[str, list[UxCx]] = {"analysis branch (torch fp32)": branch.classify(texts, encoding)}
+    for name, analyzer in extra.items():
+        enc = analyzer.embedder.encode(texts, tap_layer=analyzer.tap_layer)
+        out[f"analysis branch ({name})"] = analyzer.uxcx.classify(texts, enc)
+    out["v1 labeller (models/uxcx/v1)"] = v1.classify(texts, encoding)
+    desc = embedder.embed(list(LABEL_DESCRIPTIONS.values()))
+    sims = encoding.embeddings @ desc.T
+    out["zero-shot, label descriptions"] = _as_uxcx(np.eye(3)[sims.argmax(1)])
+    out["zero-shot, sub-category prototypes"] = PrototypeClassifier(embedder).classify(
+        texts, encoding
+    )
+    return out
 
-    def plain(chunk: list[str]) -> object:
-        return emb.encode(chunk, tap_layer=tap)
 
-    def with_layers(chunk: list[str]) -> object:
-        return emb.encode(chunk, tap_layer=tap, pool_layers=ours.pool_layers, keep_tokens=True)
+def report(name: str, split: list[Example], predictions: dict[str, list[UxCx]]) -> dict[str, Any]:
+    """Print one split's table and confusion matrices; return the metrics."""
+    truth = [e.label for e in split]
+    truth_sub = [CLASSES[e.subcategory][1] if e.subcategory >= 0 else "" for e in split]
+    metrics = {k: uxcx_metrics(truth, truth_sub, v) for k, v in predictions.items()}
+    rows = []
+    for labeller, m in metrics.items():
+        rows.append(
+            [labeller, str(m["n"]), f"{m['problem']['macro_f1']:.4f}",
+             f"{m['label']['macro_f1']:.4f}", f"{m['uxcx_among_problems']['accuracy']:.4f}",
+             f"{m['subcategory']['accuracy']:.4f}", f"{m['label']['accuracy']:.4f}"]
+        )  # fmt: skip
+    print(f"\n{name}: {len(split)} messages")
+    print_table(rows, HEADER)
+    fp32 = metrics.get("analysis branch (torch fp32)")
+    for labeller, m in metrics.items():
+        if labeller.startswith("analysis branch (") and m is not fp32 and fp32 is not None:
+            diffs = {
+                "problem": m["problem"]["macro_f1"] - fp32["problem"]["macro_f1"],
+                "3-way": m["label"]["macro_f1"] - fp32["label"]["macro_f1"],
+                "UX vs CX": m["uxcx_among_problems"]["accuracy"]
+                - fp32["uxcx_among_problems"]["accuracy"],
+                "sub-category": m["subcategory"]["accuracy"] - fp32["subcategory"]["accuracy"],
+            }
+            largest = max(abs(v) for v in diffs.values())
+            drop = max(0.0, -min(diffs.values()))
+            held = "held" if drop <= 0.005 else "NOT held"
+            print(
+                f"{labeller} minus fp32, points: "
+                + ", ".join(f"{k} {v * 100:+.2f}" for k, v in diffs.items())
+                + f" (largest change {largest * 100:.2f}, largest drop {drop * 100:.2f}; "
+                f"{'every change within 0.5' if largest <= 0.005 else 'a change over 0.5'}, "
+                f"quality {held})"
+            )
+    print("\nconfusion (rows true UX, CX, none; columns predicted)")
+    for labeller, m in metrics.items():
+        print(f"  {labeller}: {m['label']['confusion']['matrix']}")
+    return metrics
 
-    for t in texts[:20]:  # warm up
-        ours.classify([t], with_layers([t]))
-    single: dict[str, list[float]] = {"plain": [], "layers": [], "labeller": [], "head": []}
 
-    def both(chunk: list[str], flip: bool) -> tuple[float, float, object]:
-        """Time the two passes, alternating which goes first so neither gets a warmer cache."""
+def latency(branch: AnalysisBranch, embedder: TransformerEmbedder, texts: list[str]) -> None:
+    """The branch's own cost per text after the shared pass: heads, sub-category, evidence."""
+    for t in texts[:20]:
+        branch.classify([t], embedder.encode([t], tap_layer=branch.tap_layer))
+    heads, full = [], []
+    for t in texts:
+        enc = embedder.encode([t], tap_layer=branch.tap_layer)
+        branch.pooled(enc, 1)  # the branch states, shared with sentiment
         a = time.perf_counter()
-        enc = with_layers(chunk) if flip else plain(chunk)
+        branch.heads.probabilities(branch.heads.logits(branch.pooled(enc, 1)))
         b = time.perf_counter()
-        other = plain(chunk) if flip else with_layers(chunk)
+        branch.classify([t], enc)
         c = time.perf_counter()
-        if flip:
-            return c - b, b - a, enc
-        return b - a, c - b, other
-
-    for i, t in enumerate(texts):
-        t_plain, t_layers, enc = both([t], i % 2 == 1)
-        c = time.perf_counter()
-        ours.classify([t], enc)
-        d = time.perf_counter()
-        ours.probabilities(ours.features(enc))
-        e = time.perf_counter()
-        single["plain"].append(t_plain)
-        single["layers"].append(t_layers)
-        single["labeller"].append(d - c)
-        single["head"].append(e - d)
-    batched: dict[str, float] = {"plain": 0.0, "layers": 0.0, "labeller": 0.0, "head": 0.0}
-    for k, s in enumerate(range(0, len(texts), batch)):
-        chunk = texts[s : s + batch]
-        t_plain, t_layers, enc = both(chunk, k % 2 == 1)
-        c = time.perf_counter()
-        ours.classify(chunk, enc)
-        d = time.perf_counter()
-        ours.probabilities(ours.features(enc))
-        e = time.perf_counter()
-        for key, dt in (
-            ("plain", t_plain),
-            ("layers", t_layers),
-            ("labeller", d - c),
-            ("head", e - d),
-        ):
-            batched[key] += dt
-    n = len(texts)
-    p = {k: percentiles(v) for k, v in single.items()}
-    added_single = np.array(single["layers"]) - np.array(single["plain"])
-    added_single += np.array(single["labeller"])
-    added_batched = (batched["layers"] - batched["plain"] + batched["labeller"]) / n
+        heads.append(b - a)
+        full.append(c - b)
     rows = [
-        ["encoder pass, no labeller", f"{p['plain']['p50_ms']:.2f}", f"{p['plain']['p99_ms']:.2f}",
-         f"{batched['plain'] / n * 1000:.3f}"],
-        ["encoder pass + layers the labeller reads", f"{p['layers']['p50_ms']:.2f}",
-         f"{p['layers']['p99_ms']:.2f}", f"{batched['layers'] / n * 1000:.3f}"],
-        ["labeller: head only", f"{p['head']['p50_ms']:.3f}", f"{p['head']['p99_ms']:.3f}",
-         f"{batched['head'] / n * 1000:.3f}"],
-        ["labeller: head + sub-category + evidence", f"{p['labeller']['p50_ms']:.3f}",
-         f"{p['labeller']['p99_ms']:.3f}", f"{batched['labeller'] / n * 1000:.3f}"],
-        ["ADDED per text (pass extra + labeller)",
-         f"{np.percentile(added_single, 50) * 1000:.3f}",
-         f"{np.percentile(added_single, 99) * 1000:.3f}", f"{added_batched * 1000:.3f}"],
+        ["heads only", f"{percentiles(heads)['p50_ms']:.3f}",
+         f"{percentiles(heads)['p99_ms']:.3f}"],
+        ["heads + sub-category + evidence", f"{percentiles(full)['p50_ms']:.3f}",
+         f"{percentiles(full)['p99_ms']:.3f}"],
     ]  # fmt: skip
-    return rows
+    print(f"\nUX/CX latency after the shared pass, {len(texts)} dev texts one at a time (ms)")
+    print_table(rows, ["stage", "p50", "p99"])
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--datasets", type=Path, default=ROOT.parent / "shared" / "datasets")
     parser.add_argument("--fixtures", type=Path, default=ROOT / "fixtures" / "uxcx")
-    parser.add_argument("--tweets", type=Path, default=DEFAULT_TWEETS)
     parser.add_argument(
-        "--tweet-labels",
-        type=Path,
-        default=ROOT / "fixtures" / "uxcx" / "support_tweets_labels.csv",
+        "--labels", type=Path, default=ROOT / "fixtures" / "uxcx" / "real_labels.csv"
     )
-    parser.add_argument("--latency-texts", type=int, default=500)
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument(
+        "--second-reading", type=Path, default=ROOT / "fixtures" / "uxcx" / "real_agreement.csv"
+    )
+    parser.add_argument(
+        "--backends", default="torch,onnx-int8", help="backends of the analysis branch to score"
+    )
+    parser.add_argument("--latency-texts", type=int, default=300)
     args = parser.parse_args()
 
-    analyzer = load_analyzer(Settings(_env_file=None))
-    if not isinstance(analyzer.uxcx, LinearUxCx):
-        raise SystemExit("set UXCX_BACKEND=linear (the default) to benchmark the trained labeller")
-    fixtures = load_fixtures(args.fixtures)
-    held_out = [e for e in fixtures if stable_bucket(e.id, 5) == 0]
-    tweets, note = load_tweet_labels(args.tweet_labels, args.tweets)
-    held_tweets = [e for e in tweets if stable_bucket(e.id, 5) == 0]
-    header = ["labeller", "n", "accuracy", "macro-F1", "ours minus it (macro-F1)"]
-    print(f"\nHeld-out fixtures (sha256(id) % 5 == 0; never seen by train-uxcx): {len(held_out)}")
-    print_table(accuracy_table(analyzer, held_out), header)
-    if held_tweets:
-        print(f"\nHeld-out labelled support tweets ({note}): {len(held_tweets)}")
-        print_table(accuracy_table(analyzer, held_tweets), header)
-    texts, source = load_texts(args.tweets, args.latency_texts, seed=1)
-    print(f"\nLatency per text, {len(texts)} texts from {source} (ms; batched: batch {args.batch})")
-    print_table(
-        latency(analyzer, texts, args.batch),
-        ["stage", "one text p50", "one text p99", "batched, per text"],
-    )
+    settings = Settings(_env_file=None)
+    examples, notes = build_data(
+        datasets=args.datasets, fixtures=args.fixtures, real_labels=args.labels,
+        v1_labels=None, second_reading=args.second_reading, overrides=[], config=TrainConfig(),
+    )  # fmt: skip
+    embedder = TransformerEmbedder(max_tokens=settings.embedder_max_tokens)
+    extra = {}
+    for backend in [b for b in args.backends.split(",") if b and b != "torch"]:
+        extra[backend] = load_analyzer(
+            Settings(_env_file=None, encoder_backend=backend, sentiment_backend="analysis",
+                     uxcx_backend="analysis")
+        )  # fmt: skip
+    print(f"data: {notes.get('datasets')}; dev readings: {notes.get('dev_readings')}")
+    dev = [e for e in examples if e.split == "dev" and e.origin == "real"]
+    fixtures = [e for e in examples if e.split == "fixtures_test"]
+    for name, split in (
+        ("Real-text dev split (held-out brands, airlines, authors; two readings agree)", dev),
+        ("Written fixtures, held-out split (sha256(id) % 5 == 0)", fixtures),
+    ):
+        if split:
+            report(name, split, labellers([e.text for e in split], embedder, extra, settings))
+    clear = [e for e in dev if e.clarity == "clear"]
+    if clear and len(clear) < len(dev):
+        report("Dev split, messages both readers found clear", clear,
+               labellers([e.text for e in clear], embedder, extra, settings))  # fmt: skip
+    if dev and args.latency_texts:
+        branch = AnalysisBranch(settings.analysis_artifact, embedder)
+        latency(branch, embedder, [e.text for e in dev][: args.latency_texts])
     return 0
 
 
