@@ -20,7 +20,7 @@ import csv
 import logging
 import random
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,76 @@ def _pool(hidden: Any, mask: Any) -> Any:
     return torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1).clamp(min=1e-9), dim=-1)
 
 
+def _train_rounded(
+    rounded: Any,
+    trainable: Callable[[], list[Any]],
+    loss_of: Callable[[Any], Any],
+    *,
+    modules: Sequence[Any],
+    tokenizer: Any,
+    texts: list[str],
+    steps: int,
+    batch_size: int,
+    learning_rate: float,
+    seed: int,
+    progress: bool,
+    desc: str,
+) -> dict[str, Any]:
+    """The distillation loop both distillations share: `rounded`'s linear layers get int8
+    rounding simulated, the parameters `trainable()` returns are trained with AdamW (linear
+    warm-up over 5% of the steps, then linear decay) on `loss_of(tokenised batch)`, and the
+    plain layers are put back, trained, needing no gradients. `modules` run in eval mode."""
+    import torch
+    from tqdm import tqdm
+
+    torch.manual_seed(seed)
+    swapped = simulate_int8(rounded)
+    # Dropout stays off: the student must match the teacher's inference, not regularise.
+    for module in modules:
+        module.eval()
+    params = trainable()
+    for p in params:
+        p.requires_grad_(True)
+    optimiser = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps)
+    )
+    batches = _batches(texts, batch_size, seed)
+    start = time.perf_counter()
+    first = last = 0.0
+    bar = tqdm(range(steps), desc=desc, disable=None if progress else True)
+    try:
+        for step in bar:
+            batch = tokenizer(
+                next(batches), padding=True, truncation=True, max_length=MAX_TOKENS,
+                return_tensors="pt",
+            )  # fmt: skip
+            loss = loss_of(batch)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            value = float(loss.detach())
+            first = value if step == 0 else first
+            last = value if step == 0 else 0.95 * last + 0.05 * value
+            bar.set_postfix(loss=f"{last:.4f}")
+    finally:
+        restore(swapped)
+        for p in params:
+            p.requires_grad_(False)
+    return {
+        "steps": steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "max_tokens": MAX_TOKENS,
+        "texts": len(texts),
+        "loss_first": round(first, 4),
+        "loss_last": round(last, 4),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+
+
 def distil(
     student: Any,
     teacher: Any,
@@ -150,61 +220,25 @@ def distil(
     """Train `student` (ids, mask -> hidden states, about to be quantised) in place so that,
     rounded as int8, it gives `teacher`'s embeddings and tap-layer states."""
     import torch
-    from tqdm import tqdm
 
-    torch.manual_seed(seed)
-    swapped = simulate_int8(student)
-    # Dropout stays off: the student must match the teacher's inference, not regularise.
-    student.eval()
-    teacher.eval()
-    params = [p for n, p in student.named_parameters() if "word_embeddings" not in n]
-    for p in params:
-        p.requires_grad_(True)
-    optimiser = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps)
-    )
-    batches = _batches(texts, batch_size, seed)
-    start = time.perf_counter()
-    first = last = 0.0
-    bar = tqdm(range(steps), desc="int8 distillation", disable=None if progress else True)
-    try:
-        for step in bar:
-            batch = tokenizer(
-                next(batches), padding=True, truncation=True, max_length=MAX_TOKENS,
-                return_tensors="pt",
-            )  # fmt: skip
-            ids, mask = batch["input_ids"], batch["attention_mask"]
-            with torch.no_grad():
-                want = teacher(ids, mask)
-            got = student(ids, mask)
-            cosine = (_pool(got[-1], mask) * _pool(want[-1], mask)).sum(-1)
-            m = mask.unsqueeze(-1).to(got[tap].dtype)
-            tap_error = ((got[tap] - want[tap]) ** 2 * m).sum() / (want[tap] ** 2 * m).sum()
-            loss = 100 * ((1 - cosine).mean() + TAP_WEIGHT * tap_error)
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            value = float(loss.detach())
-            first = value if step == 0 else first
-            last = value if step == 0 else 0.95 * last + 0.05 * value
-            bar.set_postfix(loss=f"{last:.4f}")
-    finally:
-        restore(swapped)
-        for p in params:
-            p.requires_grad_(False)
-    result = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "max_tokens": MAX_TOKENS,
-        "texts": len(texts),
-        "loss_first": round(first, 4),
-        "loss_last": round(last, 4),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    def loss_of(batch: Any) -> Any:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            want = teacher(ids, mask)
+        got = student(ids, mask)
+        cosine = (_pool(got[-1], mask) * _pool(want[-1], mask)).sum(-1)
+        m = mask.unsqueeze(-1).to(got[tap].dtype)
+        tap_error = ((got[tap] - want[tap]) ** 2 * m).sum() / (want[tap] ** 2 * m).sum()
+        return 100 * ((1 - cosine).mean() + TAP_WEIGHT * tap_error)
+
+    result = _train_rounded(
+        student,
+        lambda: [p for n, p in student.named_parameters() if "word_embeddings" not in n],
+        loss_of,
+        modules=(student, teacher), tokenizer=tokenizer, texts=texts, steps=steps,
+        batch_size=batch_size, learning_rate=learning_rate, seed=seed, progress=progress,
+        desc="int8 distillation",
+    )  # fmt: skip
     log.info("distilled", extra={"stage": "qat", **result})
     return result
 
@@ -234,76 +268,42 @@ def distil_branch(
     relative error of the pooled states. Only the branch's layers are rounded and trained: the
     heads run in fp32 at serving time and keep the artifact's weights."""
     import torch
-    from tqdm import tqdm
     from transformers.masking_utils import create_bidirectional_mask
 
-    torch.manual_seed(seed)
     encoder = embedder.encoder
-    swapped = simulate_int8(student.layers)
-    student.eval()
-    teacher.eval()
-    params = list(student.layers.parameters())
-    for p in params:
-        p.requires_grad_(True)
-    optimiser = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
-    warmup = max(1, steps // 20)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1 - s / steps)
-    )
-    batches = _batches(texts, batch_size, seed)
 
     def pooled(module: Any, hidden: Any, mask: Any) -> Any:
         states = module.tokens(hidden, mask)
         m = mask.unsqueeze(-1).to(states.dtype)
         return (states * m).sum(1) / m.sum(1).clamp(min=1)
 
-    start = time.perf_counter()
-    first = last = 0.0
-    bar = tqdm(range(steps), desc="int8 branch distillation", disable=None if progress else True)
-    try:
-        for step in bar:
-            batch = embedder.tokenizer(
-                next(batches), padding=True, truncation=True, max_length=MAX_TOKENS,
-                return_tensors="pt",
-            )  # fmt: skip
-            ids, mask = batch["input_ids"], batch["attention_mask"]
-            with torch.no_grad():
-                hidden = encoder.embeddings(input_ids=ids, token_type_ids=batch["token_type_ids"])
-                attention = create_bidirectional_mask(
-                    config=encoder.config, inputs_embeds=hidden, attention_mask=mask
-                )
-                for block in encoder.encoder.layer[:tap]:
-                    hidden = block(hidden, attention)
-                    hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-                want_pooled = pooled(teacher, hidden, mask)
-                want = teacher.heads(want_pooled)
-            got_pooled = pooled(student, hidden, mask)
-            got = student.heads(got_pooled)
-            loss = ((got_pooled - want_pooled) ** 2).sum() / (want_pooled**2).sum()
-            for head, value in want.items():
-                spread = value.detach().std().clamp(min=1e-3)
-                loss = loss + (((got[head] - value) / spread) ** 2).mean()
-            optimiser.zero_grad()
-            loss.backward()
-            optimiser.step()
-            schedule.step()
-            value_now = float(loss.detach())
-            first = value_now if step == 0 else first
-            last = value_now if step == 0 else 0.95 * last + 0.05 * value_now
-            bar.set_postfix(loss=f"{last:.4f}")
-    finally:
-        restore(swapped)
-        for p in params:
-            p.requires_grad_(False)
-    result = {
-        "steps": steps,
-        "batch_size": batch_size,
-        "learning_rate": learning_rate,
-        "max_tokens": MAX_TOKENS,
-        "texts": len(texts),
-        "loss_first": round(first, 4),
-        "loss_last": round(last, 4),
-        "seconds": round(time.perf_counter() - start, 1),
-    }
+    def loss_of(batch: Any) -> Any:
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        with torch.no_grad():
+            hidden = encoder.embeddings(input_ids=ids, token_type_ids=batch["token_type_ids"])
+            attention = create_bidirectional_mask(
+                config=encoder.config, inputs_embeds=hidden, attention_mask=mask
+            )
+            for block in encoder.encoder.layer[:tap]:
+                hidden = block(hidden, attention)
+                hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            want_pooled = pooled(teacher, hidden, mask)
+            want = teacher.heads(want_pooled)
+        got_pooled = pooled(student, hidden, mask)
+        got = student.heads(got_pooled)
+        loss = ((got_pooled - want_pooled) ** 2).sum() / (want_pooled**2).sum()
+        for head, value in want.items():
+            spread = value.detach().std().clamp(min=1e-3)
+            loss = loss + (((got[head] - value) / spread) ** 2).mean()
+        return loss
+
+    result = _train_rounded(
+        student.layers,
+        lambda: list(student.layers.parameters()),
+        loss_of,
+        modules=(student, teacher), tokenizer=embedder.tokenizer, texts=texts, steps=steps,
+        batch_size=batch_size, learning_rate=learning_rate, seed=seed, progress=progress,
+        desc="int8 branch distillation",
+    )  # fmt: skip
     log.info("branch distilled", extra={"stage": "qat", **result})
     return result

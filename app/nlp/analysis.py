@@ -50,9 +50,10 @@ from app.nlp.sentiment import (
     ArtifactError,
     BranchRuntime,
     TorchBranch,
-    _file_sha256,
-    encoder_fingerprint,
+    branch_weights_sha256,
+    check_encoder,
     from_probabilities,
+    load_branch_weights,
     with_worst_sentence,
 )
 
@@ -172,38 +173,20 @@ def read_artifact(artifact_dir: Path, embedder: TransformerEmbedder) -> dict[str
             f"analysis artifact at {artifact_dir}: temperatures {temperatures} must be positive, "
             f"one per head ({', '.join(HEADS)})"
         )
-    expected = cfg.get("encoder_sha256")
-    actual = encoder_fingerprint(embedder)
-    if expected and actual != expected:
-        raise ArtifactError(
-            f"analysis artifact at {artifact_dir} was trained on a different encoder "
-            f"(sha256 {expected[:12]}..., loaded {actual[:12]}...)"
-        )
+    check_encoder(cfg, embedder, "analysis", artifact_dir)
     return cfg
 
 
 def load_module(artifact_dir: Path, embedder: TransformerEmbedder) -> Any:
     """The trained branch as a PyTorch module (eval mode)."""
-    from safetensors.torch import load_file
-
     cfg = read_artifact(artifact_dir, embedder)
-    try:
-        state = load_file(str(artifact_dir / WEIGHTS_FILE))
-    except Exception as exc:
-        raise ArtifactError(f"analysis artifact at {artifact_dir} is unreadable: {exc}") from exc
-    module = build_module(embedder, int(cfg["tap_layer"]))
-    try:
-        module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:
-        raise ArtifactError(f"analysis artifact at {artifact_dir} does not fit: {exc}") from exc
-    return module.eval()
+    return load_branch_weights(build_module(embedder, int(cfg["tap_layer"])), artifact_dir,
+                               "analysis")  # fmt: skip
 
 
-def weights_sha256(artifact_dir: Path) -> str:
-    """sha256 of the artifact's weights: an exported graph records what it came from."""
-    weights = artifact_dir / WEIGHTS_FILE
-    stat = weights.stat()
-    return _file_sha256(str(weights.resolve()), stat.st_size, stat.st_mtime_ns)
+# sha256 of the artifact's weights (the same file name as the sentiment branch's): an exported
+# graph records what it came from.
+weights_sha256 = branch_weights_sha256
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

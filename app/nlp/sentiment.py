@@ -234,31 +234,45 @@ def read_branch_artifact(artifact_dir: Path, embedder: TransformerEmbedder) -> d
         raise ArtifactError(f"sentiment artifact at {artifact_dir} is unreadable: {exc}") from exc
     if labels != list(SENTIMENT_LABELS):
         raise ArtifactError(f"sentiment artifact labels {labels} != {list(SENTIMENT_LABELS)}")
+    check_encoder(cfg, embedder, "sentiment", artifact_dir)
+    return cfg
+
+
+def check_encoder(
+    cfg: dict[str, Any], embedder: TransformerEmbedder, what: str, artifact_dir: Path
+) -> None:
+    """Raise ArtifactError when a branch artifact records other encoder weights than the
+    loaded ones."""
     expected = cfg.get("encoder_sha256")
     actual = encoder_fingerprint(embedder)
     if expected and actual != expected:
         raise ArtifactError(
-            f"sentiment artifact at {artifact_dir} was trained on a different encoder "
+            f"{what} artifact at {artifact_dir} was trained on a different encoder "
             f"(sha256 {expected[:12]}..., loaded {actual[:12]}...)"
         )
-    return cfg
+
+
+def load_branch_weights(module: Any, artifact_dir: Path, what: str) -> Any:
+    """`module` (eval mode) with the float16 weights of `artifact_dir/branch.safetensors`;
+    raises ArtifactError when they are unreadable or of another shape."""
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(artifact_dir / "branch.safetensors"))
+    except Exception as exc:
+        raise ArtifactError(f"{what} artifact at {artifact_dir} is unreadable: {exc}") from exc
+    try:
+        module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    except RuntimeError as exc:
+        raise ArtifactError(f"{what} artifact at {artifact_dir} does not fit: {exc}") from exc
+    return module.eval()
 
 
 def load_branch_module(artifact_dir: Path, embedder: TransformerEmbedder) -> Any:
     """The fine-tuned branch as a PyTorch module (eval mode), from its safetensors."""
-    from safetensors.torch import load_file
-
     cfg = read_branch_artifact(artifact_dir, embedder)
-    try:
-        state = load_file(str(artifact_dir / "branch.safetensors"))
-    except Exception as exc:
-        raise ArtifactError(f"sentiment artifact at {artifact_dir} is unreadable: {exc}") from exc
     branch = _branch_module(embedder, int(cfg["tap_layer"]), len(SENTIMENT_LABELS))
-    try:
-        branch.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    except RuntimeError as exc:
-        raise ArtifactError(f"sentiment artifact at {artifact_dir} does not fit: {exc}") from exc
-    return branch.eval()
+    return load_branch_weights(branch, artifact_dir, "sentiment")
 
 
 def branch_weights_sha256(artifact_dir: Path) -> str:
